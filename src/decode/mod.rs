@@ -1,0 +1,192 @@
+//! Decoders: each turns a prompt into a stream of [`DecodeEvent`]s and a [`Generation`].
+//!
+//! `autoregressive` predicts one token per forward pass (greedy or sampled); `jacobi` predicts a
+//! block of n per pass and keeps what the pass confirms. Both share prefill, stop conditions and
+//! text streaming ([`output`]).
+
+mod autoregressive;
+mod events;
+pub mod jacobi;
+mod output;
+pub mod sampling;
+
+use std::time::Instant;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+pub use events::{DecodeEvent, Generation, Iteration, StopReason};
+pub use output::CancelToken;
+pub use sampling::{Sampler, Sampling};
+
+use crate::error::{Error, Result};
+use crate::model::{KvCache, Llama, Logits};
+use crate::tokenizer::Tokenizer;
+use output::Output;
+
+/// Prompts longer than this are prefilled in chunks, bounding the attention scores' memory.
+const PREFILL_CHUNK: usize = 512;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "block")]
+pub enum Mode {
+    /// One token per forward pass.
+    Autoregressive,
+    /// Jacobi iteration over a block of this many tokens.
+    Jacobi(usize),
+}
+
+/// How to decode, independent of the prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecodeOptions {
+    pub mode: Mode,
+    pub max_tokens: usize,
+    pub sampling: Sampling,
+    /// Decoding stops when the text contains one of these (it is cut before it).
+    #[serde(default)]
+    pub stop: Vec<String>,
+    /// Seeds the random initial guesses of Jacobi blocks.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Autoregressive,
+            max_tokens: 256,
+            sampling: Sampling::greedy(),
+            stop: Vec::new(),
+            seed: 0,
+        }
+    }
+}
+
+impl DecodeOptions {
+    /// Refuses settings that make no sense for a model with this context.
+    pub fn validate(&self, context: usize) -> Result<()> {
+        self.sampling.validate()?;
+        if let Mode::Jacobi(n) = self.mode {
+            if n == 0 || n > context {
+                return Err(Error::InvalidBlockSize {
+                    block: n,
+                    max: context,
+                });
+            }
+            if !self.sampling.is_greedy() {
+                return Err(Error::SamplingWithJacobi(self.sampling.temperature));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Progress {
+    pub passes: usize,
+    pub decode_ms: f64,
+}
+
+/// Runs the prompt ids through `model` and decodes a continuation.
+pub fn generate(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    opts: &DecodeOptions,
+    cancel: &CancelToken,
+    mut on_event: impl FnMut(DecodeEvent),
+) -> Result<Generation> {
+    let context = model.config().context_length;
+    opts.validate(context)?;
+    if prompt.is_empty() {
+        return Err(Error::EmptyPrompt);
+    }
+    if prompt.len() >= context {
+        return Err(Error::PromptTooLong {
+            tokens: prompt.len(),
+            context,
+        });
+    }
+    let mut cache = model.new_cache();
+    let t = Instant::now();
+    let logits = prefill(model, &mut cache, prompt)?;
+    let prefill_ms = t.elapsed().as_secs_f64() * 1e3;
+    on_event(DecodeEvent::Prefill {
+        prompt_tokens: prompt.len(),
+        ms: prefill_ms,
+    });
+    let mut sampler = Sampler::new(opts.sampling);
+    let first = sampler.pick(&logits);
+    let mut out = Output::new(tokenizer, opts.max_tokens.max(1), &opts.stop);
+    let (progress, block) = match opts.mode {
+        Mode::Autoregressive => (
+            autoregressive::decode(
+                model,
+                &mut cache,
+                first,
+                &mut sampler,
+                &mut out,
+                cancel,
+                &mut on_event,
+            )?,
+            1,
+        ),
+        Mode::Jacobi(n) => {
+            let mut rng = StdRng::seed_from_u64(opts.seed);
+            (
+                jacobi::decode(
+                    model,
+                    &mut cache,
+                    prompt,
+                    first,
+                    n,
+                    &mut rng,
+                    &mut out,
+                    cancel,
+                    &mut on_event,
+                )?,
+                n,
+            )
+        }
+    };
+    out.finish(&mut on_event)?;
+    let generated = out.ids.len();
+    let tokens_per_iteration = if progress.passes > 0 {
+        generated.saturating_sub(1) as f64 / progress.passes as f64
+    } else {
+        0.0
+    };
+    let tokens_per_second = if progress.decode_ms > 0.0 {
+        generated.saturating_sub(1) as f64 / (progress.decode_ms / 1e3)
+    } else {
+        0.0
+    };
+    Ok(Generation {
+        text: out.text(),
+        token_ids: out.ids.clone(),
+        stop_reason: out.stop.unwrap_or(StopReason::MaxTokens),
+        prompt_tokens: prompt.len(),
+        generated_tokens: generated,
+        forward_passes: progress.passes,
+        tokens_per_iteration,
+        tokens_per_second,
+        prefill_ms,
+        decode_ms: progress.decode_ms,
+        mode: match opts.mode {
+            Mode::Autoregressive => "ar".into(),
+            Mode::Jacobi(_) => "jacobi".into(),
+        },
+        block,
+    })
+}
+
+/// Feeds the prompt into an empty cache; returns the logits after its last token.
+pub fn prefill(model: &Llama, cache: &mut KvCache, prompt: &[u32]) -> Result<Vec<f32>> {
+    let mut logits = None;
+    for chunk in prompt.chunks(PREFILL_CHUNK) {
+        logits = Some(model.forward(chunk, cache, Logits::Last)?);
+    }
+    let logits = logits.ok_or(Error::EmptyPrompt)?;
+    Ok(logits.squeeze(0)?.to_vec1::<f32>()?)
+}

@@ -1,0 +1,178 @@
+//! The engine: a loaded model and its tokenizer, called with a request, streaming events back.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::decode::{self, CancelToken, DecodeEvent, DecodeOptions, Generation};
+use crate::device::DeviceChoice;
+use crate::error::{Error, Result};
+use crate::model::{self, GgufFile, Llama, WeightPolicy};
+use crate::tokenizer::{Message, Tokenizer};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    pub device: DeviceChoice,
+    pub weights: WeightPolicy,
+}
+
+/// What was loaded, for `models list`, the app's model picker and logs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub path: PathBuf,
+    /// "gguf" or "hf".
+    pub format: String,
+    pub weights: String,
+    pub parameters: usize,
+    pub layers: usize,
+    pub hidden_size: usize,
+    pub context_length: usize,
+    pub vocab_size: usize,
+    pub device: String,
+}
+
+/// The text to continue: raw, or a conversation rendered with the model's chat template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prompt {
+    Raw(String),
+    Chat(Vec<Message>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateRequest {
+    pub prompt: Prompt,
+    pub options: DecodeOptions,
+}
+
+pub struct Engine {
+    model: Llama,
+    tokenizer: Tokenizer,
+    info: ModelInfo,
+}
+
+impl Engine {
+    /// Loads a `.gguf` file or a Hugging Face model folder.
+    pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
+        let device = opts.device.resolve()?;
+        if path.is_dir() {
+            let model = model::load_hf(path, opts.weights, &device)?;
+            let tokenizer = Tokenizer::from_dir(path)?;
+            Ok(Self::new(model, tokenizer, path, "hf", &device))
+        } else {
+            let mut file = GgufFile::open(path)?;
+            let tokenizer = Tokenizer::from_gguf(&file.content)?;
+            let model = model::load_gguf(&mut file, opts.weights, &device)?;
+            Ok(Self::new(model, tokenizer, path, "gguf", &device))
+        }
+    }
+
+    /// Wraps a model built in memory (tests, training).
+    pub fn from_parts(model: Llama, tokenizer: Tokenizer, path: &Path) -> Self {
+        let device = model.device().clone();
+        Self::new(model, tokenizer, path, "memory", &device)
+    }
+
+    fn new(model: Llama, tokenizer: Tokenizer, path: &Path, format: &str, device: &Device) -> Self {
+        let cfg = model.config().clone();
+        let per_layer = 2 * cfg.hidden_size * cfg.num_heads * cfg.head_dim
+            + 2 * cfg.hidden_size * cfg.kv_dim()
+            + 3 * cfg.hidden_size * cfg.intermediate_size
+            + 2 * cfg.hidden_size;
+        let head = if cfg.tie_word_embeddings {
+            0
+        } else {
+            cfg.vocab_size * cfg.hidden_size
+        };
+        let info = ModelInfo {
+            path: path.to_path_buf(),
+            format: format.into(),
+            weights: model.weight_format(),
+            parameters: cfg.num_layers * per_layer
+                + cfg.vocab_size * cfg.hidden_size
+                + head
+                + cfg.hidden_size,
+            layers: cfg.num_layers,
+            hidden_size: cfg.hidden_size,
+            context_length: cfg.context_length,
+            vocab_size: cfg.vocab_size,
+            device: crate::device::describe(device).into(),
+        };
+        Self {
+            model,
+            tokenizer,
+            info,
+        }
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The token ids a request's prompt becomes.
+    pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        let text = match prompt {
+            Prompt::Raw(text) => {
+                if text.is_empty() {
+                    return Err(Error::EmptyPrompt);
+                }
+                text.clone()
+            }
+            Prompt::Chat(messages) => {
+                if messages.is_empty() || messages.iter().all(|m| m.content.trim().is_empty()) {
+                    return Err(Error::EmptyPrompt);
+                }
+                self.tokenizer.apply_chat_template(messages)?
+            }
+        };
+        let ids = self.tokenizer.encode(&text)?;
+        if ids.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        let context = self.model.config().context_length;
+        if ids.len() >= context {
+            return Err(Error::PromptTooLong {
+                tokens: ids.len(),
+                context,
+            });
+        }
+        Ok(ids)
+    }
+
+    /// Decodes a continuation of the request's prompt, calling `on_event` as it goes.
+    pub fn generate(
+        &self,
+        request: &GenerateRequest,
+        cancel: &CancelToken,
+        on_event: impl FnMut(DecodeEvent),
+    ) -> Result<Generation> {
+        request
+            .options
+            .validate(self.model.config().context_length)?;
+        let ids = self.prompt_ids(&request.prompt)?;
+        decode::generate(
+            &self.model,
+            &self.tokenizer,
+            &ids,
+            &request.options,
+            cancel,
+            on_event,
+        )
+    }
+
+    /// Writes the model as a Hugging Face folder (config.json, model.safetensors, tokenizer.json,
+    /// tokenizer_config.json) that [`Engine::load`] reads back.
+    pub fn save_hf(&self, dir: &Path) -> Result<()> {
+        model::save_hf(&self.model, dir)?;
+        self.tokenizer.save(dir)
+    }
+}

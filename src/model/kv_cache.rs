@@ -1,0 +1,93 @@
+//! Per-layer key/value cache that grows in place and can be truncated to any length, which is
+//! what Jacobi decoding needs to drop the entries of rejected block positions.
+
+use candle_core::{Result, Tensor};
+
+#[derive(Debug, Clone)]
+struct LayerCache {
+    /// (1, kv_heads, capacity, head_dim)
+    k: Tensor,
+    v: Tensor,
+}
+
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<LayerCache>>,
+    len: usize,
+    max_len: usize,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize, max_len: usize) -> Self {
+        Self {
+            layers: vec![None; num_layers],
+            len: 0,
+            max_len,
+        }
+    }
+
+    /// Number of positions held (the offset of the next token).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Forgets every position at or after `len`.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Writes `k`, `v` (1, kv_heads, m, head_dim) at positions `len..len+m` of `layer` and returns
+    /// views of positions `0..len+m`. The length advances once per forward via [`Self::advance`].
+    pub(crate) fn append(
+        &mut self,
+        layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, kvh, m, hd) = k.dims4()?;
+        let needed = self.len + m;
+        if needed > self.max_len {
+            candle_core::bail!(
+                "KV cache overflow: {needed} positions, capacity {}",
+                self.max_len
+            );
+        }
+        let slot = &mut self.layers[layer];
+        let capacity = slot.as_ref().map(|c| c.k.dims()[2]).unwrap_or(0);
+        if needed > capacity {
+            // Grow geometrically so appends stay amortised O(m).
+            let new_cap = (needed.max(256).next_power_of_two())
+                .min(self.max_len)
+                .max(needed);
+            let k_new = Tensor::zeros((b, kvh, new_cap, hd), k.dtype(), k.device())?;
+            let v_new = Tensor::zeros((b, kvh, new_cap, hd), v.dtype(), v.device())?;
+            if let Some(old) = slot.as_ref() {
+                if self.len > 0 {
+                    k_new.slice_set(&old.k.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                    v_new.slice_set(&old.v.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                }
+            }
+            *slot = Some(LayerCache { k: k_new, v: v_new });
+        }
+        let c = slot.as_ref().expect("allocated above");
+        c.k.slice_set(&k.contiguous()?, 2, self.len)?;
+        c.v.slice_set(&v.contiguous()?, 2, self.len)?;
+        Ok((c.k.narrow(2, 0, needed)?, c.v.narrow(2, 0, needed)?))
+    }
+
+    pub(crate) fn advance(&mut self, m: usize) {
+        self.len += m;
+    }
+}

@@ -1,0 +1,104 @@
+//! The llama-family transformer and how its weights get on and off disk.
+
+pub mod config;
+pub mod kv_cache;
+pub mod llama;
+pub mod weights;
+
+use std::path::Path;
+
+use candle_core::Device;
+
+pub use config::{Config, HfConfig};
+pub use kv_cache::KvCache;
+pub use llama::{argmax_rows, Llama, Logits};
+pub use weights::{GgufFile, Linear, RawTensor, WeightPolicy};
+
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
+
+/// Loads the transformer of an opened GGUF file.
+pub fn load_gguf(file: &mut GgufFile, policy: WeightPolicy, device: &Device) -> Result<Llama> {
+    let cfg = Config::from_gguf(&file.content)?;
+    let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+    Llama::load(
+        cfg,
+        |hf_name| {
+            let raw = file.tensor(&gguf_name(hf_name), device)?;
+            // GGUF permutes q/k rows for interleaved RoPE; go back to HF's half-split order.
+            if hf_name.ends_with("q_proj.weight") {
+                weights::permute_rows(raw, &weights::rope_row_permutation(nh, hd, false))
+            } else if hf_name.ends_with("k_proj.weight") {
+                weights::permute_rows(raw, &weights::rope_row_permutation(nkv, hd, false))
+            } else {
+                Ok(raw)
+            }
+        },
+        policy,
+        device,
+    )
+}
+
+/// Loads the transformer of a Hugging Face model folder (`config.json` + safetensors).
+pub fn load_hf(dir: &Path, policy: WeightPolicy, device: &Device) -> Result<Llama> {
+    let hf = read_hf_config(dir)?;
+    let cfg = Config::from_hf(&hf)?;
+    let mut tensors = weights::load_safetensors(dir, device)?;
+    Llama::load(
+        cfg,
+        |name| {
+            tensors
+                .remove(name)
+                .map(RawTensor::Float)
+                .ok_or_else(|| Error::MissingTensor(name.to_string()))
+        },
+        policy,
+        device,
+    )
+}
+
+pub fn read_hf_config(dir: &Path) -> Result<HfConfig> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::BadConfig(format!("{}: {e}", path.display())))
+}
+
+/// Writes `config.json` and `model.safetensors` (f32) into `dir`, each atomically.
+pub fn save_hf(model: &Llama, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let cfg = serde_json::to_vec_pretty(&model.config().to_hf()).expect("config serializes");
+    write_atomic(&dir.join("config.json"), &cfg)?;
+    let tensors = model.hf_tensors()?;
+    let target = dir.join("model.safetensors");
+    let tmp = dir.join(".model.safetensors.tmp");
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    std::fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))?;
+    Ok(())
+}
+
+/// GGUF's name for a Hugging Face tensor name.
+pub fn gguf_name(hf: &str) -> String {
+    match hf {
+        "model.embed_tokens.weight" => return "token_embd.weight".into(),
+        "model.norm.weight" => return "output_norm.weight".into(),
+        "lm_head.weight" => return "output.weight".into(),
+        _ => {}
+    }
+    let Some(rest) = hf.strip_prefix("model.layers.") else {
+        return hf.to_string();
+    };
+    let (idx, name) = rest.split_once('.').unwrap_or((rest, ""));
+    let short = match name {
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        "mlp.gate_proj.weight" => "ffn_gate.weight",
+        "mlp.up_proj.weight" => "ffn_up.weight",
+        "mlp.down_proj.weight" => "ffn_down.weight",
+        "input_layernorm.weight" => "attn_norm.weight",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        other => other,
+    };
+    format!("blk.{idx}.{short}")
+}
