@@ -68,7 +68,8 @@ impl Config {
         };
         let float = |key: &str| -> Option<f64> {
             ct.metadata.get(key).and_then(|v| match v {
-                gguf_file::Value::F32(f) => Some(*f as f64),
+                // Via the shortest decimal, so 1e-5 stored as f32 reads back as 1e-5.
+                gguf_file::Value::F32(f) => f.to_string().parse().ok(),
                 gguf_file::Value::F64(f) => Some(*f),
                 _ => None,
             })

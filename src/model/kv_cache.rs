@@ -87,6 +87,11 @@ impl KvCache {
         Ok((c.k.narrow(2, 0, needed)?, c.v.narrow(2, 0, needed)?))
     }
 
+    /// The whole (1, kv_heads, capacity, head_dim) buffers of `layer`, once it holds anything.
+    pub(crate) fn buffers(&self, layer: usize) -> Option<(&Tensor, &Tensor)> {
+        self.layers[layer].as_ref().map(|c| (&c.k, &c.v))
+    }
+
     pub(crate) fn advance(&mut self, m: usize) {
         self.len += m;
     }

