@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+cargo build --release --locked --bin fixpoint
 bin="${CARGO_TARGET_DIR:-target}/release/fixpoint"
 "$bin" models fetch
 exec "$bin" chat --stats "$@"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what building and running Fixpoint needs on a Debian/Ubuntu machine, then builds it.
+# Installs the system packages that building and running Fixpoint needs (Debian/Ubuntu).
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,4 +22,3 @@ if ! command -v cargo >/dev/null; then
   echo "Fixpoint needs a Rust toolchain (1.85 or newer): see https://rustup.rs" >&2
   exit 1
 fi
-cargo build --release --locked --bin fixpoint

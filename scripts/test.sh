@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-bin="${CARGO_TARGET_DIR:-target}/release/fixpoint"
-"$bin" models fetch
+# One build: the test build also produces the binary (with the test profile's features).
+cargo test --release --locked --workspace --no-run
+"${CARGO_TARGET_DIR:-target}/release/fixpoint" models fetch
 cargo test --release --locked --workspace

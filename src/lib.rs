@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod decode;
 pub mod device;
 mod engine;

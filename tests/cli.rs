@@ -385,3 +385,83 @@ fn models_fetch_refuses_a_wheel_with_the_wrong_checksum() {
         serde_json::json!([])
     );
 }
+
+#[test]
+fn bench_reports_ar_jacobi_and_the_forward_cost_curve() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = tiny_gguf(dir.path(), "tiny.gguf", |_| {});
+    let prompts = dir.path().join("prompts.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"question\": \"one two\"}\n\n{\"text\": \"three\"}\n{\"prompt\": \"four\"}\n",
+    )
+    .unwrap();
+    let out = run(&[
+        "bench",
+        "--model",
+        p.to_str().unwrap(),
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--limit",
+        "2",
+        "--max-tokens",
+        "24",
+        "--blocks",
+        "1,4",
+        "--cost-sizes",
+        "1,2,8",
+        "--cache-tokens",
+        "64",
+        "--repetitions",
+        "3",
+        "--json",
+    ]);
+    let r = json(&out);
+    assert_eq!(r["prompts"], 2);
+    assert!(r["ar"]["tokens_per_second"].as_f64().unwrap() > 0.0);
+    let jac = r["jacobi"].as_array().unwrap();
+    assert_eq!(jac.len(), 2);
+    for j in jac {
+        assert_eq!(j["identical_to_ar"], true);
+        for k in [
+            "block",
+            "tokens_per_second",
+            "tokens_per_iteration",
+            "speedup",
+        ] {
+            assert!(j.get(k).is_some(), "{k}");
+        }
+    }
+    let ms: Vec<u64> = r["forward_cost"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["m"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ms, vec![1, 2, 8]);
+    assert_eq!(r["forward_cost"][0]["ratio"], 1.0);
+
+    let plain = dir.path().join("prompts.txt");
+    std::fs::write(&plain, "").unwrap();
+    assert_error(
+        &run(&[
+            "bench",
+            "--model",
+            p.to_str().unwrap(),
+            "--prompts",
+            plain.to_str().unwrap(),
+        ]),
+        "holds no prompts",
+    );
+    std::fs::write(&plain, "{\"answer\": 1}\n").unwrap();
+    assert_error(
+        &run(&[
+            "bench",
+            "--model",
+            p.to_str().unwrap(),
+            "--prompts",
+            plain.to_str().unwrap(),
+        ]),
+        "no `question`",
+    );
+}

@@ -30,6 +30,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Chat with a model in the terminal (/reset, /mode ar|jacobi, /block N, /quit).
     Chat(ChatArgs),
+    /// Measure AR against Jacobi on the same prompts, and the forward cost per block size.
+    Bench(BenchArgs),
     /// Print the token ids of a text (with --chat: of the chat-templated prompt).
     Tokenize {
         #[command(flatten)]
@@ -128,6 +130,33 @@ struct GenerateArgs {
 }
 
 #[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// JSONL with a `question`, `prompt` or `text` field, or plain text, one prompt a line.
+    #[arg(long)]
+    prompts: PathBuf,
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Jacobi block sizes to compare with AR.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
+    blocks: Vec<usize>,
+    /// Token counts m for the forward-cost curve.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64")]
+    cost_sizes: Vec<usize>,
+    /// Positions in the KV cache while measuring forward costs.
+    #[arg(long, default_value_t = 256)]
+    cache_tokens: usize,
+    #[arg(long, default_value_t = 7)]
+    repetitions: usize,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct ChatArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -164,6 +193,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate(args),
         Command::Chat(args) => chat(args),
         Command::Models { command } => models(command),
+        Command::Bench(args) => bench(args),
         Command::Tokenize { model, text, chat } => {
             let engine = load(&model)?;
             let prompt = if chat {
@@ -389,6 +419,64 @@ fn chat(args: ChatArgs) -> Result<()> {
                 eprintln!("error: {e}");
             }
         }
+    }
+    Ok(())
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    if args.blocks.contains(&0) || args.repetitions == 0 || args.cost_sizes.contains(&0) {
+        bail!("--blocks, --cost-sizes and --repetitions take positive numbers");
+    }
+    let prompts = fixpoint::bench::read_prompts(&args.prompts, args.limit)?;
+    let engine = load(&args.model)?;
+    let cfg = fixpoint::bench::BenchConfig {
+        prompts,
+        max_tokens: args.max_tokens,
+        blocks: args.blocks.clone(),
+        cost_sizes: args.cost_sizes.clone(),
+        cache_tokens: args.cache_tokens,
+        repetitions: args.repetitions,
+    };
+    let report = fixpoint::bench::run(&engine, &cfg, &mut |line| eprintln!("{line}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{} prompts, {} max tokens, {}",
+        report.prompts, report.max_tokens, report.model
+    );
+    println!(
+        "{:<10} {:>10} {:>12} {:>8} {:>10}",
+        "decoder", "tokens/s", "tokens/pass", "speedup", "same as AR"
+    );
+    println!(
+        "{:<10} {:>10.1} {:>12.2} {:>8.2} {:>10}",
+        "ar", report.ar.tokens_per_second, 1.0, 1.0, "-"
+    );
+    for j in &report.jacobi {
+        println!(
+            "{:<10} {:>10.1} {:>12.2} {:>8.2} {:>10}",
+            format!("jacobi {}", j.block),
+            j.tokens_per_second,
+            j.tokens_per_iteration,
+            j.speedup,
+            if j.identical_to_ar { "yes" } else { "NO" }
+        );
+    }
+    println!(
+        "\nforward of m tokens on a cache of {} (median of {}):",
+        report.cache_tokens, args.repetitions
+    );
+    println!(
+        "{:>4} {:>9} {:>9} {:>9} {:>9}",
+        "m", "ms", "min", "max", "cost/c1"
+    );
+    for c in &report.forward_cost {
+        println!(
+            "{:>4} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            c.m, c.ms, c.min_ms, c.max_ms, c.ratio
+        );
     }
     Ok(())
 }

@@ -1,0 +1,241 @@
+//! The measurements behind `fixpoint bench`: greedy AR against Jacobi at several block sizes on
+//! the same prompts, and the cost of one forward pass as a function of how many tokens it takes.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::decode::{CancelToken, DecodeOptions, Mode};
+use crate::engine::{Engine, GenerateRequest, Prompt};
+use crate::error::{Error, Result};
+use crate::model::Logits;
+use crate::tokenizer::Message;
+
+/// Reads prompts: JSONL with a `question`, `prompt` or `text` field, or plain text, one a line.
+pub fn read_prompts(path: &Path, limit: Option<usize>) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut prompts = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let prompt = if line.starts_with('{') {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| Error::BadConfig(format!("{} line {}: {e}", path.display(), i + 1)))?;
+            ["question", "prompt", "text"]
+                .iter()
+                .find_map(|k| v[*k].as_str())
+                .ok_or_else(|| {
+                    Error::BadConfig(format!(
+                        "{} line {}: no `question`, `prompt` or `text` field",
+                        path.display(),
+                        i + 1
+                    ))
+                })?
+                .to_string()
+        } else {
+            line.to_string()
+        };
+        prompts.push(prompt);
+        if limit.is_some_and(|l| prompts.len() >= l) {
+            break;
+        }
+    }
+    if prompts.is_empty() {
+        return Err(Error::BadConfig(format!(
+            "{} holds no prompts",
+            path.display()
+        )));
+    }
+    Ok(prompts)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArResult {
+    pub tokens_per_second: f64,
+    pub generated_tokens: usize,
+    pub forward_passes: usize,
+    pub decode_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JacobiResult {
+    pub block: usize,
+    pub tokens_per_second: f64,
+    pub tokens_per_iteration: f64,
+    pub speedup: f64,
+    pub identical_to_ar: bool,
+    pub generated_tokens: usize,
+    pub forward_passes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardCost {
+    pub m: usize,
+    /// Median over repetitions.
+    pub ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+    /// `ms / ms(m = 1)`.
+    pub ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub prompts: usize,
+    pub max_tokens: usize,
+    pub ar: ArResult,
+    pub jacobi: Vec<JacobiResult>,
+    pub forward_cost: Vec<ForwardCost>,
+    pub cache_tokens: usize,
+    pub threads: usize,
+}
+
+pub struct BenchConfig {
+    pub prompts: Vec<String>,
+    pub max_tokens: usize,
+    pub blocks: Vec<usize>,
+    pub cost_sizes: Vec<usize>,
+    pub cache_tokens: usize,
+    pub repetitions: usize,
+}
+
+/// Runs everything; `log` gets a line per finished measurement.
+pub fn run(engine: &Engine, cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> Result<BenchReport> {
+    let requests: Vec<Prompt> = cfg
+        .prompts
+        .iter()
+        .map(|p| Prompt::Chat(vec![Message::user(p.clone())]))
+        .collect();
+    let decode_all = |mode: Mode| -> Result<(Vec<Vec<u32>>, usize, usize, f64)> {
+        let (mut outs, mut tokens, mut passes, mut ms) = (Vec::new(), 0, 0, 0.0);
+        for prompt in &requests {
+            let req = GenerateRequest {
+                prompt: prompt.clone(),
+                options: DecodeOptions {
+                    mode,
+                    max_tokens: cfg.max_tokens,
+                    ..Default::default()
+                },
+            };
+            let g = engine.generate(&req, &CancelToken::new(), |_| {})?;
+            // The first token comes from prefill, which is the same for every decoder.
+            tokens += g.generated_tokens.saturating_sub(1);
+            passes += g.forward_passes;
+            ms += g.decode_ms;
+            outs.push(g.token_ids);
+        }
+        Ok((outs, tokens, passes, ms))
+    };
+    // Warm-up: one short generation so first-touch costs don't land on AR.
+    let warm = GenerateRequest {
+        prompt: requests[0].clone(),
+        options: DecodeOptions {
+            max_tokens: 8,
+            ..Default::default()
+        },
+    };
+    engine.generate(&warm, &CancelToken::new(), |_| {})?;
+    let (ar_outs, ar_tokens, ar_passes, ar_ms) = decode_all(Mode::Autoregressive)?;
+    let ar_tps = ar_tokens as f64 / (ar_ms / 1e3).max(1e-9);
+    log(&format!("ar: {ar_tps:.1} tokens/s over {ar_tokens} tokens"));
+    let mut jacobi = Vec::new();
+    for &block in &cfg.blocks {
+        let (outs, tokens, passes, ms) = decode_all(Mode::Jacobi(block))?;
+        let tps = tokens as f64 / (ms / 1e3).max(1e-9);
+        let r = JacobiResult {
+            block,
+            tokens_per_second: tps,
+            tokens_per_iteration: tokens as f64 / passes.max(1) as f64,
+            speedup: tps / ar_tps,
+            identical_to_ar: outs == ar_outs,
+            generated_tokens: tokens,
+            forward_passes: passes,
+        };
+        log(&format!(
+            "jacobi block {block}: {tps:.1} tokens/s, {:.2} tokens/pass, speedup {:.2}, identical {}",
+            r.tokens_per_iteration, r.speedup, r.identical_to_ar
+        ));
+        jacobi.push(r);
+    }
+    let forward_cost = forward_costs(engine, cfg)?;
+    for c in &forward_cost {
+        log(&format!(
+            "forward m={:>2}: {:.2} ms (x{:.2})",
+            c.m, c.ms, c.ratio
+        ));
+    }
+    Ok(BenchReport {
+        model: engine.info().path.display().to_string(),
+        prompts: cfg.prompts.len(),
+        max_tokens: cfg.max_tokens,
+        ar: ArResult {
+            tokens_per_second: ar_tps,
+            generated_tokens: ar_tokens,
+            forward_passes: ar_passes,
+            decode_ms: ar_ms,
+        },
+        jacobi,
+        forward_cost,
+        cache_tokens: cfg.cache_tokens,
+        threads: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    })
+}
+
+/// Median time of one forward of m tokens (logits for all of them) on a cache holding
+/// `cache_tokens` positions.
+pub fn forward_costs(engine: &Engine, cfg: &BenchConfig) -> Result<Vec<ForwardCost>> {
+    let model = engine.model();
+    let context = model.config().context_length;
+    let vocab = model.config().vocab_size as u32;
+    let base = cfg
+        .cache_tokens
+        .min(context.saturating_sub(cfg.cost_sizes.iter().max().copied().unwrap_or(1) + 1));
+    let ids: Vec<u32> = (0..base + 64)
+        .map(|i| (i as u32 * 7919 + 13) % vocab)
+        .collect();
+    let mut cache = model.new_cache();
+    if base > 0 {
+        for chunk in ids[..base].chunks(256) {
+            model.forward(chunk, &mut cache, Logits::Last)?;
+        }
+    }
+    let mut out: Vec<ForwardCost> = Vec::new();
+    for &m in &cfg.cost_sizes {
+        if base + m > context {
+            continue;
+        }
+        let block: Vec<u32> = (0..m).map(|i| ids[(base + i) % ids.len()]).collect();
+        let mut times = Vec::with_capacity(cfg.repetitions);
+        for rep in 0..cfg.repetitions + 2 {
+            cache.truncate(base);
+            let t = Instant::now();
+            model.forward(&block, &mut cache, Logits::All)?;
+            if rep >= 2 {
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        out.push(ForwardCost {
+            m,
+            ms: times[times.len() / 2],
+            min_ms: times[0],
+            max_ms: times[times.len() - 1],
+            ratio: 0.0,
+        });
+    }
+    let one = out
+        .iter()
+        .find(|c| c.m == 1)
+        .map(|c| c.ms)
+        .unwrap_or(f64::NAN);
+    for c in &mut out {
+        c.ratio = c.ms / one;
+    }
+    Ok(out)
+}
