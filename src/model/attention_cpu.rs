@@ -20,7 +20,27 @@ pub fn causal_attention(
 ) -> Vec<f32> {
     let mut out = vec![0f32; m * heads * hd];
     let work = m * (offset + m) * heads;
-    let threads = if work > 1 << 14 { 2 } else { 1 };
+    if work <= 1 << 16 {
+        // Too little work to pay for a thread.
+        let mut scores = vec![0f32; offset + m];
+        for h in 0..heads {
+            head(
+                q,
+                k,
+                v,
+                h,
+                heads / kv_heads,
+                m,
+                hd,
+                capacity,
+                offset,
+                &mut scores,
+                &mut out,
+            );
+        }
+        return out;
+    }
+    let threads = 2;
     // Heads are independent; split them over threads. Each (head, row) is computed by the same
     // code whatever the split, so results do not depend on it.
     let per = heads.div_ceil(threads);
