@@ -10,7 +10,6 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::AddedToken;
 
@@ -45,15 +44,7 @@ pub fn tiny_vocab() -> (Vec<String>, Vec<(String, String)>) {
 /// A byte-level BPE tokenizer over [`tiny_vocab`] with a ChatML template.
 pub fn tiny_tokenizer() -> Tokenizer {
     let (tokens, merges) = tiny_vocab();
-    let vocab: tokenizers::models::bpe::Vocab = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .build()
-        .expect("tiny BPE builds");
+    let bpe = crate::tokenizer::bpe(&tokens, merges).expect("tiny BPE builds");
     let mut inner = tokenizers::Tokenizer::new(bpe);
     inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
     inner.with_decoder(Some(ByteLevelDecoder::default()));
@@ -172,20 +163,10 @@ impl TinySpec {
 
     pub fn from_tensors(
         cfg: Config,
-        mut tensors: HashMap<String, Tensor>,
+        tensors: HashMap<String, Tensor>,
         device: &Device,
     ) -> Result<Llama> {
-        Llama::load(
-            cfg,
-            |name| {
-                tensors
-                    .remove(name)
-                    .map(RawTensor::Float)
-                    .ok_or_else(|| crate::Error::MissingTensor(name.into()))
-            },
-            WeightPolicy::Exact,
-            device,
-        )
+        crate::model::load_float_tensors(cfg, tensors, WeightPolicy::Exact, device)
     }
 }
 

@@ -86,16 +86,7 @@ impl Tokenizer {
                 .collect(),
             _ => vec![1; tokens.len()],
         };
-        let vocab: tokenizers::models::bpe::Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        let mut inner = tokenizers::Tokenizer::new(bpe);
+        let mut inner = tokenizers::Tokenizer::new(bpe(&tokens, merges)?);
         let pre = match get("tokenizer.ggml.pre") {
             Some(gguf_file::Value::String(s)) => s.as_str(),
             _ => "default",
@@ -300,6 +291,19 @@ impl Tokenizer {
             serde_json::to_string_pretty(&cfg).expect("json").as_bytes(),
         )
     }
+}
+
+/// A BPE model whose ids are the positions in `tokens`.
+pub(crate) fn bpe(tokens: &[String], merges: Vec<(String, String)>) -> Result<BPE> {
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| Error::Tokenizer(e.to_string()))
 }
 
 fn string_array(v: Option<&gguf_file::Value>, key: &str) -> Result<Vec<String>> {

@@ -18,12 +18,10 @@ pub fn causal_attention(
     capacity: usize,
     offset: usize,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; m * heads * hd];
-    let work = m * (offset + m) * heads;
-    if work <= 1 << 16 {
-        // Too little work to pay for a thread.
+    let run = |hs: std::ops::Range<usize>| {
+        let mut part = vec![0f32; m * heads * hd];
         let mut scores = vec![0f32; offset + m];
-        for h in 0..heads {
+        for h in hs {
             head(
                 q,
                 k,
@@ -35,54 +33,26 @@ pub fn causal_attention(
                 capacity,
                 offset,
                 &mut scores,
-                &mut out,
+                &mut part,
             );
         }
-        return out;
+        part
+    };
+    if m * (offset + m) * heads <= 1 << 16 {
+        // Too little work to pay for a thread.
+        return run(0..heads);
     }
-    let threads = 2;
-    // Heads are independent; split them over threads. Each (head, row) is computed by the same
+    // Heads are independent: half on a second thread. Each (head, row) is computed by the same
     // code whatever the split, so results do not depend on it.
-    let per = heads.div_ceil(threads);
-    let mut parts: Vec<(usize, Vec<f32>)> = Vec::new();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let hs = (t * per)..((t + 1) * per).min(heads);
-                s.spawn(move || {
-                    let mut part = vec![0f32; m * heads * hd];
-                    let mut scores = vec![0f32; offset + m];
-                    for h in hs {
-                        head(
-                            q,
-                            k,
-                            v,
-                            h,
-                            heads / kv_heads,
-                            m,
-                            hd,
-                            capacity,
-                            offset,
-                            &mut scores,
-                            &mut part,
-                        );
-                    }
-                    (t, part)
-                })
-            })
-            .collect();
-        for h in handles {
-            parts.push(h.join().expect("attention worker"));
-        }
+    let mid = heads.div_ceil(2);
+    let (mut out, second) = std::thread::scope(|s| {
+        let worker = s.spawn(|| run(mid..heads));
+        let first = run(0..mid);
+        (first, worker.join().expect("attention worker"))
     });
-    for (t, part) in parts {
-        let hs = (t * per)..((t + 1) * per).min(heads);
-        for i in 0..m {
-            for h in hs.clone() {
-                let at = (i * heads + h) * hd;
-                out[at..at + hd].copy_from_slice(&part[at..at + hd]);
-            }
-        }
+    for i in 0..m {
+        let (from, to) = ((i * heads + mid) * hd, (i + 1) * heads * hd);
+        out[from..to].copy_from_slice(&second[from..to]);
     }
     out
 }

@@ -44,7 +44,17 @@ pub fn load_gguf(file: &mut GgufFile, policy: WeightPolicy, device: &Device) -> 
 pub fn load_hf(dir: &Path, policy: WeightPolicy, device: &Device) -> Result<Llama> {
     let hf = read_hf_config(dir)?;
     let cfg = Config::from_hf(&hf)?;
-    let mut tensors = weights::load_safetensors(dir, device)?;
+    let tensors = weights::load_safetensors(dir, device)?;
+    load_float_tensors(cfg, tensors, policy, device)
+}
+
+/// Builds the model from float tensors under Hugging Face names.
+pub fn load_float_tensors(
+    cfg: Config,
+    mut tensors: std::collections::HashMap<String, candle_core::Tensor>,
+    policy: WeightPolicy,
+    device: &Device,
+) -> Result<Llama> {
     Llama::load(
         cfg,
         |name| {
