@@ -74,6 +74,16 @@ struct ModelArgs {
     /// cpu, cuda, metal or auto.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
+    /// fast: requantize formats without fast CPU kernels (Q4_1, Q5_x, float) to Q8_0;
+    /// exact: keep the file's weights as they are.
+    #[arg(long, value_enum, default_value = "fast")]
+    weights: WeightsArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum WeightsArg {
+    Fast,
+    Exact,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -224,7 +234,10 @@ fn load(args: &ModelArgs) -> Result<Engine> {
     };
     let opts = LoadOptions {
         device: args.device,
-        ..Default::default()
+        weights: match args.weights {
+            WeightsArg::Fast => fixpoint::WeightPolicy::Fast,
+            WeightsArg::Exact => fixpoint::WeightPolicy::Exact,
+        },
     };
     Ok(Engine::load(&path, &opts)?)
 }
