@@ -49,6 +49,20 @@ fn assert_error(out: &Output, needle: &str) {
     assert!(lines[0].contains(needle), "expected {needle:?} in {stderr}");
 }
 
+/// `generate` with this model file fails with one error line containing `needle`.
+fn assert_load_error(model: &Path, needle: &str) {
+    assert_error(
+        &run(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ]),
+        needle,
+    );
+}
+
 fn json(out: &Output) -> serde_json::Value {
     assert!(
         out.status.success(),
@@ -160,16 +174,7 @@ fn generate_streams_text_and_events() {
 
 #[test]
 fn missing_model_file() {
-    assert_error(
-        &run(&[
-            "generate",
-            "--model",
-            "/nonexistent/m.gguf",
-            "--prompt",
-            "hi",
-        ]),
-        "not found",
-    );
+    assert_load_error(Path::new("/nonexistent/m.gguf"), "not found");
 }
 
 #[test]
@@ -177,10 +182,7 @@ fn not_a_gguf() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("notes.gguf");
     std::fs::write(&p, "just some text, not a model").unwrap();
-    assert_error(
-        &run(&["generate", "--model", p.to_str().unwrap(), "--prompt", "hi"]),
-        "not a GGUF file",
-    );
+    assert_load_error(&p, "not a GGUF file");
 }
 
 #[test]
@@ -190,10 +192,7 @@ fn truncated_gguf() {
     let bytes = std::fs::read(&p).unwrap();
     for keep in [bytes.len() / 2, 200] {
         std::fs::write(&p, &bytes[..keep]).unwrap();
-        assert_error(
-            &run(&["generate", "--model", p.to_str().unwrap(), "--prompt", "hi"]),
-            "truncated",
-        );
+        assert_load_error(&p, "truncated");
     }
 }
 
@@ -203,10 +202,7 @@ fn unsupported_architecture() {
     let p = tiny_gguf(dir.path(), "gpt2.gguf", |meta| {
         meta[0].1 = gguf_file::Value::String("gpt2".into());
     });
-    assert_error(
-        &run(&["generate", "--model", p.to_str().unwrap(), "--prompt", "hi"]),
-        "unsupported model architecture `gpt2`",
-    );
+    assert_load_error(&p, "unsupported model architecture `gpt2`");
 }
 
 #[test]
@@ -221,10 +217,7 @@ fn unsupported_tensor_type() {
     let dtype_at = at + 4 + 8 * n_dims;
     bytes[dtype_at..dtype_at + 4].copy_from_slice(&16u32.to_le_bytes());
     std::fs::write(&p, &bytes).unwrap();
-    assert_error(
-        &run(&["generate", "--model", p.to_str().unwrap(), "--prompt", "hi"]),
-        "cannot load",
-    );
+    assert_load_error(&p, "cannot load");
 }
 
 #[test]

@@ -18,23 +18,17 @@ fn logits(engine: &Engine, ids: &[u32]) -> Tensor {
     model.forward(ids, &mut cache, Logits::All).unwrap()
 }
 
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let diff = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let scale = a
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    diff / scale
+    max_abs(&(a - b).unwrap()) / max_abs(a)
 }
 
 fn exact() -> LoadOptions {
