@@ -22,10 +22,12 @@ fn main() -> anyhow::Result<()> {
     )?;
     let mut cache = engine.model().new_cache();
     let logits = engine.model().forward(&ids, &mut cache, Logits::All)?;
-    println!("{:?}", argmax_rows(&logits)?);
-    let flat: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+    println!(
+        "{:?}",
+        argmax_rows(&logits, engine.model().config().vocab_size)
+    );
     let mut f = std::fs::File::create(&args[3])?;
-    for x in flat {
+    for x in logits {
         f.write_all(&x.to_le_bytes())?;
     }
     Ok(())

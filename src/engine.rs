@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::decode::{self, CancelToken, DecodeEvent, DecodeOptions, Generation};
 use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
-use crate::model::{self, GgufFile, Llama, WeightPolicy};
+use crate::model::{self, GgufFile, Transformer, WeightPolicy};
 use crate::tokenizer::{Message, Tokenizer};
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -24,6 +24,8 @@ pub struct ModelInfo {
     /// "gguf" or "hf".
     pub format: String,
     pub weights: String,
+    /// "cpu-kernels" (our CPU forward) or "candle".
+    pub backend: String,
     pub parameters: usize,
     pub layers: usize,
     pub hidden_size: usize,
@@ -47,7 +49,7 @@ pub struct GenerateRequest {
 }
 
 pub struct Engine {
-    model: Llama,
+    model: Transformer,
     tokenizer: Tokenizer,
     info: ModelInfo,
 }
@@ -69,12 +71,18 @@ impl Engine {
     }
 
     /// Wraps a model built in memory (tests, training).
-    pub fn from_parts(model: Llama, tokenizer: Tokenizer, path: &Path) -> Self {
-        let device = model.device().clone();
+    pub fn from_parts(model: Transformer, tokenizer: Tokenizer, path: &Path) -> Self {
+        let device = model.device();
         Self::new(model, tokenizer, path, "memory", &device)
     }
 
-    fn new(model: Llama, tokenizer: Tokenizer, path: &Path, format: &str, device: &Device) -> Self {
+    fn new(
+        model: Transformer,
+        tokenizer: Tokenizer,
+        path: &Path,
+        format: &str,
+        device: &Device,
+    ) -> Self {
         let cfg = model.config().clone();
         let per_layer = 2 * cfg.hidden_size * cfg.num_heads * cfg.head_dim
             + 2 * cfg.hidden_size * cfg.kv_dim()
@@ -89,6 +97,7 @@ impl Engine {
             path: path.to_path_buf(),
             format: format.into(),
             weights: model.weight_format(),
+            backend: model.backend().into(),
             parameters: cfg.num_layers * per_layer
                 + cfg.vocab_size * cfg.hidden_size
                 + head
@@ -110,7 +119,7 @@ impl Engine {
         &self.info
     }
 
-    pub fn model(&self) -> &Llama {
+    pub fn model(&self) -> &Transformer {
         &self.model
     }
 

@@ -24,6 +24,7 @@ pub mod device;
 mod engine;
 mod error;
 mod fsutil;
+pub mod kernels;
 pub mod model;
 pub mod model_store;
 pub mod testing;

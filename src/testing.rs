@@ -15,7 +15,7 @@ use tokenizers::AddedToken;
 
 use crate::error::Result;
 use crate::model::weights::{permute_rows, rope_row_permutation};
-use crate::model::{gguf_name, Config, Llama, RawTensor, WeightPolicy};
+use crate::model::{gguf_name, Config, RawTensor, Transformer, WeightPolicy};
 use crate::tokenizer::Tokenizer;
 
 /// ChatML, as SmolLM2 uses (without its default system prompt).
@@ -157,15 +157,26 @@ impl TinySpec {
     }
 
     /// The random model with float weights.
-    pub fn build(&self, device: &Device) -> Result<Llama> {
+    /// The random model with exact f32 weights on candle.
+    pub fn build(&self, device: &Device) -> Result<Transformer> {
         Self::from_tensors(self.config(), self.random_tensors()?, device)
+    }
+
+    /// The random model on the fast CPU kernels (weights requantized to Q8).
+    pub fn build_fast(&self) -> Result<Transformer> {
+        crate::model::load_float_tensors(
+            self.config(),
+            self.random_tensors()?,
+            WeightPolicy::Fast,
+            &Device::Cpu,
+        )
     }
 
     pub fn from_tensors(
         cfg: Config,
         tensors: HashMap<String, Tensor>,
         device: &Device,
-    ) -> Result<Llama> {
+    ) -> Result<Transformer> {
         crate::model::load_float_tensors(cfg, tensors, WeightPolicy::Exact, device)
     }
 }

@@ -9,8 +9,14 @@ use fixpoint::{
 };
 use proptest::prelude::*;
 
-fn tiny_engine(spec: &TinySpec) -> Engine {
-    let model = spec.build(&Device::Cpu).expect("tiny model builds");
+/// `fast`: our CPU kernels (Q8 weights, int8 activations); else candle with f32 weights.
+fn tiny_engine(spec: &TinySpec, fast: bool) -> Engine {
+    let model = if fast {
+        spec.build_fast()
+    } else {
+        spec.build(&Device::Cpu)
+    }
+    .expect("tiny model builds");
     Engine::from_parts(model, tiny_tokenizer(), Path::new("tiny"))
 }
 
@@ -36,7 +42,7 @@ fn run(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     #[test]
     fn jacobi_equals_greedy_on_random_models(
@@ -46,6 +52,7 @@ proptest! {
         block in 1usize..=32,
         max_tokens in 1usize..=200,
         prompt in "[a-z ]{1,40}",
+        fast in any::<bool>(),
     ) {
         let spec = TinySpec {
             seed,
@@ -53,7 +60,7 @@ proptest! {
             layers,
             ..Default::default()
         };
-        let engine = tiny_engine(&spec);
+        let engine = tiny_engine(&spec, fast);
         let prompt = Prompt::Raw(prompt);
         let ar = run(&engine, &prompt, Mode::Autoregressive, max_tokens, seed);
         let jacobi = run(&engine, &prompt, Mode::Jacobi(block), max_tokens, seed);
@@ -65,7 +72,7 @@ proptest! {
 
 #[test]
 fn every_pass_fixes_at_least_one_token() {
-    let engine = tiny_engine(&TinySpec::default());
+    let engine = tiny_engine(&TinySpec::default(), true);
     let mut accepted = Vec::new();
     let request = GenerateRequest {
         prompt: Prompt::Raw("hello there".into()),

@@ -332,9 +332,10 @@ fn chat(args: ChatArgs) -> Result<()> {
     let engine = load(&args.model)?;
     let info = engine.info();
     eprintln!(
-        "{} ({} weights, {} layers, context {}) on {}. /reset, /mode ar|jacobi, /block N, /quit",
+        "{} ({} weights, {}, {} layers, context {}) on {}. /reset, /mode ar|jacobi, /block N, /quit",
         info.path.display(),
         info.weights,
+        info.backend,
         info.layers,
         info.context_length,
         info.device

@@ -7,11 +7,11 @@ use super::output::{CancelToken, Output};
 use super::sampling::Sampler;
 use super::Progress;
 use crate::error::Result;
-use crate::model::{KvCache, Llama, Logits};
+use crate::model::{KvCache, Logits, Transformer};
 
 /// Continues from `first` (the token prefill produced) until a stop condition.
 pub(crate) fn decode(
-    model: &Llama,
+    model: &Transformer,
     cache: &mut KvCache,
     first: u32,
     sampler: &mut Sampler,
@@ -33,7 +33,6 @@ pub(crate) fn decode(
         }
         let t = Instant::now();
         let logits = model.forward(&[last], cache, Logits::Last)?;
-        let logits = logits.squeeze(0)?.to_vec1::<f32>()?;
         last = sampler.pick(&logits);
         progress.passes += 1;
         progress.decode_ms += t.elapsed().as_secs_f64() * 1e3;

@@ -11,7 +11,7 @@ use super::events::{DecodeEvent, Iteration, StopReason};
 use super::output::{CancelToken, Output};
 use super::Progress;
 use crate::error::Result;
-use crate::model::{argmax_rows, KvCache, Llama, Logits};
+use crate::model::{argmax_rows, KvCache, Logits, Transformer};
 
 /// How the block evolves in one pass. Pure, so trajectory collection and tests share it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +56,7 @@ pub fn fill_guesses(block: &mut Vec<u32>, n: usize, context: &[u32], rng: &mut S
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn decode(
-    model: &Llama,
+    model: &Transformer,
     cache: &mut KvCache,
     prompt: &[u32],
     first: u32,
@@ -89,7 +89,7 @@ pub(crate) fn decode(
         let start = cache.len();
         let t = Instant::now();
         let logits = model.forward(&block, cache, Logits::All)?;
-        let preds = argmax_rows(&logits)?;
+        let preds = argmax_rows(&logits, model.config().vocab_size);
         let ms = t.elapsed().as_secs_f64() * 1e3;
         let s = step(&block, &preds);
         // Keep the KV entries of the accepted inputs only.

@@ -21,7 +21,7 @@ pub use output::CancelToken;
 pub use sampling::{Sampler, Sampling};
 
 use crate::error::{Error, Result};
-use crate::model::{KvCache, Llama, Logits};
+use crate::model::{KvCache, Logits, Transformer};
 use crate::tokenizer::Tokenizer;
 use output::Output;
 
@@ -90,7 +90,7 @@ pub(crate) struct Progress {
 
 /// Runs the prompt ids through `model` and decodes a continuation.
 pub fn generate(
-    model: &Llama,
+    model: &Transformer,
     tokenizer: &Tokenizer,
     prompt: &[u32],
     opts: &DecodeOptions,
@@ -182,11 +182,10 @@ pub fn generate(
 }
 
 /// Feeds the prompt into an empty cache; returns the logits after its last token.
-pub fn prefill(model: &Llama, cache: &mut KvCache, prompt: &[u32]) -> Result<Vec<f32>> {
+pub fn prefill(model: &Transformer, cache: &mut KvCache, prompt: &[u32]) -> Result<Vec<f32>> {
     let mut logits = None;
     for chunk in prompt.chunks(PREFILL_CHUNK) {
         logits = Some(model.forward(chunk, cache, Logits::Last)?);
     }
-    let logits = logits.ok_or(Error::EmptyPrompt)?;
-    Ok(logits.squeeze(0)?.to_vec1::<f32>()?)
+    logits.ok_or(Error::EmptyPrompt)
 }

@@ -18,41 +18,26 @@ pub fn causal_attention(
     capacity: usize,
     offset: usize,
 ) -> Vec<f32> {
-    let run = |hs: std::ops::Range<usize>| {
-        let mut part = vec![0f32; m * heads * hd];
+    use rayon::prelude::*;
+    // Each head into its own (m, hd) slab; heads are independent, so they run in parallel when
+    // there is enough work. Each (head, row) is computed by the same code either way.
+    let mut per_head = vec![0f32; heads * m * hd];
+    let rep = heads / kv_heads;
+    let one = |(h, slab): (usize, &mut [f32])| {
         let mut scores = vec![0f32; offset + m];
-        for h in hs {
-            head(
-                q,
-                k,
-                v,
-                h,
-                heads / kv_heads,
-                m,
-                hd,
-                capacity,
-                offset,
-                &mut scores,
-                &mut part,
-            );
-        }
-        part
+        head(q, k, v, h, rep, m, hd, capacity, offset, &mut scores, slab);
     };
-    if m * (offset + m) * heads <= 1 << 16 {
-        // Too little work to pay for a thread.
-        return run(0..heads);
+    if m * (offset + m) * heads <= 1 << 14 {
+        per_head.chunks_mut(m * hd).enumerate().for_each(one);
+    } else {
+        per_head.par_chunks_mut(m * hd).enumerate().for_each(one);
     }
-    // Heads are independent: half on a second thread. Each (head, row) is computed by the same
-    // code whatever the split, so results do not depend on it.
-    let mid = heads.div_ceil(2);
-    let (mut out, second) = std::thread::scope(|s| {
-        let worker = s.spawn(|| run(mid..heads));
-        let first = run(0..mid);
-        (first, worker.join().expect("attention worker"))
-    });
-    for i in 0..m {
-        let (from, to) = ((i * heads + mid) * hd, (i + 1) * heads * hd);
-        out[from..to].copy_from_slice(&second[from..to]);
+    // (heads, m, hd) -> (m, heads * hd)
+    let mut out = vec![0f32; m * heads * hd];
+    for h in 0..heads {
+        for i in 0..m {
+            out[(i * heads + h) * hd..][..hd].copy_from_slice(&per_head[(h * m + i) * hd..][..hd]);
+        }
     }
     out
 }
@@ -71,7 +56,6 @@ fn head(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let heads_total = out.len() / (m * hd);
     let base = (h / rep) * capacity * hd;
     let scale = 1.0 / (hd as f32).sqrt();
     for i in 0..m {
@@ -88,7 +72,7 @@ fn head(
             sum += *s;
         }
         let inv = 1.0 / sum;
-        let o = &mut out[(i * heads_total + h) * hd..][..hd];
+        let o = &mut out[i * hd..(i + 1) * hd];
         o.fill(0.0);
         for (j, &s) in scores[..len].iter().enumerate() {
             let p = s * inv;

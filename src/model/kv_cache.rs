@@ -12,7 +12,11 @@ struct LayerCache {
 
 #[derive(Debug, Clone)]
 pub struct KvCache {
+    /// Tensors, for the candle forward.
     layers: Vec<Option<LayerCache>>,
+    /// Plain buffers, (kv_heads, cpu_capacity, head_dim) per layer, for the CPU forward.
+    cpu: Vec<(Vec<f32>, Vec<f32>)>,
+    cpu_capacity: usize,
     len: usize,
     max_len: usize,
 }
@@ -21,6 +25,8 @@ impl KvCache {
     pub fn new(num_layers: usize, max_len: usize) -> Self {
         Self {
             layers: vec![None; num_layers],
+            cpu: vec![(Vec::new(), Vec::new()); num_layers],
+            cpu_capacity: 0,
             len: 0,
             max_len,
         }
@@ -85,6 +91,40 @@ impl KvCache {
         c.k.slice_set(&k.contiguous()?, 2, self.len)?;
         c.v.slice_set(&v.contiguous()?, 2, self.len)?;
         Ok((c.k.narrow(2, 0, needed)?, c.v.narrow(2, 0, needed)?))
+    }
+
+    /// Makes the CPU buffers hold at least `needed` positions; returns their capacity.
+    pub(crate) fn reserve_cpu(&mut self, needed: usize, kv_heads: usize, head_dim: usize) -> usize {
+        let old = self.cpu_capacity;
+        if needed > old {
+            // Grow geometrically so appends stay amortised O(m).
+            let cap = needed
+                .max(256)
+                .next_power_of_two()
+                .min(self.max_len)
+                .max(needed);
+            let keep = self.len * head_dim;
+            for (k, v) in &mut self.cpu {
+                for buf in [k, v] {
+                    let mut grown = vec![0f32; kv_heads * cap * head_dim];
+                    if old > 0 {
+                        for h in 0..kv_heads {
+                            grown[h * cap * head_dim..][..keep]
+                                .copy_from_slice(&buf[h * old * head_dim..][..keep]);
+                        }
+                    }
+                    *buf = grown;
+                }
+            }
+            self.cpu_capacity = cap;
+        }
+        self.cpu_capacity
+    }
+
+    /// The CPU key and value buffers of `layer`.
+    pub(crate) fn cpu_layer(&mut self, layer: usize) -> (&mut [f32], &mut [f32]) {
+        let (k, v) = &mut self.cpu[layer];
+        (k, v)
     }
 
     /// The whole (1, kv_heads, capacity, head_dim) buffers of `layer`, once it holds anything.

@@ -176,10 +176,6 @@ impl Llama {
         &self.device
     }
 
-    pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.cfg.num_layers, self.cfg.context_length)
-    }
-
     /// Short description of the weight formats, e.g. "Q8_0".
     pub fn weight_format(&self) -> String {
         self.layers
@@ -189,25 +185,11 @@ impl Llama {
     }
 
     /// Runs `tokens` at positions `cache.len()..cache.len() + m`, appends their keys and values to
-    /// the cache and returns logits, (1 or m, vocab) f32.
+    /// the cache and returns logits, (1 or m, vocab) f32. Callers go through
+    /// [`super::Transformer::forward`], which checks the input.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Tensor> {
         let m = tokens.len();
         let offset = cache.len();
-        if m == 0 {
-            return Err(Error::EmptyPrompt);
-        }
-        if offset + m > self.cfg.context_length {
-            return Err(Error::PromptTooLong {
-                tokens: offset + m,
-                context: self.cfg.context_length,
-            });
-        }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-            return Err(Error::Tokenizer(format!(
-                "token id {bad} is outside the model's vocabulary of {}",
-                self.cfg.vocab_size
-            )));
-        }
         let ids = Tensor::from_slice(tokens, m, &self.device)?;
         let mut x = self.embed_tokens.index_select(&ids, 0)?; // (m, hidden)
                                                               // Only the GPU path uses a mask; the CPU attention bounds each query's keys itself.
@@ -361,6 +343,15 @@ fn with_cpu_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
 
 /// cos/sin of `position * theta^(-2i/head_dim)`, (context, head_dim / 2).
 fn rope_tables(cfg: &Config, device: &Device) -> Result<(Tensor, Tensor)> {
+    let (cos, sin) = rope_tables_vec(cfg);
+    let shape = (cfg.context_length, cfg.head_dim / 2);
+    Ok((
+        Tensor::from_vec(cos, shape, device)?,
+        Tensor::from_vec(sin, shape, device)?,
+    ))
+}
+
+pub(crate) fn rope_tables_vec(cfg: &Config) -> (Vec<f32>, Vec<f32>) {
     let half = cfg.head_dim / 2;
     let inv_freq: Vec<f32> = (0..half)
         .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f32 / cfg.head_dim as f32))
@@ -375,10 +366,7 @@ fn rope_tables(cfg: &Config, device: &Device) -> Result<(Tensor, Tensor)> {
             sin.push(a.sin());
         }
     }
-    Ok((
-        Tensor::from_vec(cos, (n, half), device)?,
-        Tensor::from_vec(sin, (n, half), device)?,
-    ))
+    (cos, sin)
 }
 
 /// (m, offset + m) additive mask: query i (at position offset + i) sees keys 0..=offset + i.
@@ -399,15 +387,4 @@ fn causal_mask(m: usize, offset: usize, device: &Device) -> Result<Option<Tensor
         })
         .collect();
     Ok(Some(Tensor::from_vec(mask, (m, l), device)?))
-}
-
-/// Greedy predictions of each row of `logits` (rows, vocab).
-/// Ties go to the lowest id, as in [`crate::decode::sampling::argmax`], so every decoder breaks
-/// them the same way.
-pub fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
-    let rows = logits.to_vec2::<f32>()?;
-    Ok(rows
-        .iter()
-        .map(|r| crate::decode::sampling::argmax(r))
-        .collect())
 }

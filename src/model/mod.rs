@@ -2,6 +2,7 @@
 
 mod attention_cpu;
 pub mod config;
+pub mod cpu;
 pub mod kv_cache;
 pub mod llama;
 pub mod weights;
@@ -11,18 +12,127 @@ use std::path::Path;
 use candle_core::Device;
 
 pub use config::{Config, HfConfig};
+pub use cpu::CpuLlama;
 pub use kv_cache::KvCache;
-pub use llama::{argmax_rows, Llama, Logits};
+pub use llama::{Llama, Logits};
 pub use weights::{GgufFile, Linear, RawTensor, WeightPolicy};
 
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 
+/// A loaded model: candle's tensors (any device, training, exact weights) or our CPU kernels
+/// (fast inference on the CPU).
+#[derive(Debug, Clone)]
+pub enum Transformer {
+    Candle(Llama),
+    Cpu(CpuLlama),
+}
+
+impl Transformer {
+    /// Builds the model from tensors in Hugging Face layout; `Fast` on the CPU takes our kernels.
+    pub fn load(
+        cfg: Config,
+        get: impl FnMut(&str) -> Result<RawTensor>,
+        policy: WeightPolicy,
+        device: &Device,
+    ) -> Result<Self> {
+        if device.is_cpu() && policy == WeightPolicy::Fast {
+            Ok(Transformer::Cpu(CpuLlama::load(cfg, get)?))
+        } else {
+            Ok(Transformer::Candle(Llama::load(cfg, get, policy, device)?))
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        match self {
+            Transformer::Candle(m) => m.config(),
+            Transformer::Cpu(m) => m.config(),
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        match self {
+            Transformer::Candle(m) => m.device().clone(),
+            Transformer::Cpu(_) => Device::Cpu,
+        }
+    }
+
+    /// "candle" or "cpu-kernels".
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Transformer::Candle(_) => "candle",
+            Transformer::Cpu(_) => "cpu-kernels",
+        }
+    }
+
+    pub fn weight_format(&self) -> String {
+        match self {
+            Transformer::Candle(m) => m.weight_format(),
+            Transformer::Cpu(m) => m.weight_format(),
+        }
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        let cfg = self.config();
+        KvCache::new(cfg.num_layers, cfg.context_length)
+    }
+
+    /// Runs `tokens` at positions `cache.len()..cache.len() + m`, appends their keys and values
+    /// to the cache and returns logits, (1 or m) x vocab, row-major.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Vec<f32>> {
+        let cfg = self.config();
+        let m = tokens.len();
+        if m == 0 {
+            return Err(Error::EmptyPrompt);
+        }
+        if cache.len() + m > cfg.context_length {
+            return Err(Error::PromptTooLong {
+                tokens: cache.len() + m,
+                context: cfg.context_length,
+            });
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            return Err(Error::Tokenizer(format!(
+                "token id {bad} is outside the model's vocabulary of {}",
+                cfg.vocab_size
+            )));
+        }
+        match self {
+            Transformer::Candle(model) => Ok(model
+                .forward(tokens, cache, logits)?
+                .flatten_all()?
+                .to_vec1::<f32>()?),
+            Transformer::Cpu(model) => model.forward(tokens, cache, logits),
+        }
+    }
+
+    /// Every weight as a dense f32 tensor under its Hugging Face name.
+    pub fn hf_tensors(&self) -> Result<std::collections::HashMap<String, candle_core::Tensor>> {
+        match self {
+            Transformer::Candle(m) => m.hf_tensors(),
+            Transformer::Cpu(m) => m.hf_tensors(),
+        }
+    }
+}
+
+/// Greedy predictions of each row of `logits` (rows x vocab). Ties go to the lowest id, as in
+/// [`crate::decode::sampling::argmax`], so every decoder breaks them the same way.
+pub fn argmax_rows(logits: &[f32], vocab: usize) -> Vec<u32> {
+    logits
+        .chunks_exact(vocab)
+        .map(crate::decode::sampling::argmax)
+        .collect()
+}
+
 /// Loads the transformer of an opened GGUF file.
-pub fn load_gguf(file: &mut GgufFile, policy: WeightPolicy, device: &Device) -> Result<Llama> {
+pub fn load_gguf(
+    file: &mut GgufFile,
+    policy: WeightPolicy,
+    device: &Device,
+) -> Result<Transformer> {
     let cfg = Config::from_gguf(&file.content)?;
     let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-    Llama::load(
+    Transformer::load(
         cfg,
         |hf_name| {
             let raw = file.tensor(&gguf_name(hf_name), device)?;
@@ -41,7 +151,7 @@ pub fn load_gguf(file: &mut GgufFile, policy: WeightPolicy, device: &Device) -> 
 }
 
 /// Loads the transformer of a Hugging Face model folder (`config.json` + safetensors).
-pub fn load_hf(dir: &Path, policy: WeightPolicy, device: &Device) -> Result<Llama> {
+pub fn load_hf(dir: &Path, policy: WeightPolicy, device: &Device) -> Result<Transformer> {
     let hf = read_hf_config(dir)?;
     let cfg = Config::from_hf(&hf)?;
     let tensors = weights::load_safetensors(dir, device)?;
@@ -54,8 +164,8 @@ pub fn load_float_tensors(
     mut tensors: std::collections::HashMap<String, candle_core::Tensor>,
     policy: WeightPolicy,
     device: &Device,
-) -> Result<Llama> {
-    Llama::load(
+) -> Result<Transformer> {
+    Transformer::load(
         cfg,
         |name| {
             tensors
@@ -75,7 +185,7 @@ pub fn read_hf_config(dir: &Path) -> Result<HfConfig> {
 }
 
 /// Writes `config.json` and `model.safetensors` (f32) into `dir`, each atomically.
-pub fn save_hf(model: &Llama, dir: &Path) -> Result<()> {
+pub fn save_hf(model: &Transformer, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let cfg = serde_json::to_vec_pretty(&model.config().to_hf()).expect("config serializes");
     write_atomic(&dir.join("config.json"), &cfg)?;

@@ -1,0 +1,187 @@
+//! Block formats. Weights: `Q4` (4-bit codes q in 0..16 with a scale d and an offset m per 32
+//! values: w = d * q + m, the layout of GGUF Q4_1, and Q4_0 with m = -8 d) or `Q8` (int8 codes
+//! with a scale per 32 values, GGUF Q8_0). Activations: int8 codes with a scale per 32 values
+//! and the block's code sum (for the Q4 offset term).
+
+use half::f16;
+
+/// Values per block.
+pub const BLOCK: usize = 32;
+
+/// An (n, k) weight matrix, row-major in blocks of 32 along k.
+#[derive(Debug, Clone)]
+pub enum QuantMatrix {
+    Q4 {
+        n: usize,
+        k: usize,
+        /// n * k / 2 bytes; in each block of 16 bytes, value j is the low nibble of byte j and
+        /// value j + 16 its high nibble (GGUF's order).
+        qs: Vec<u8>,
+        d: Vec<f32>,
+        m: Vec<f32>,
+    },
+    Q8 {
+        n: usize,
+        k: usize,
+        qs: Vec<i8>,
+        d: Vec<f32>,
+    },
+}
+
+impl QuantMatrix {
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            QuantMatrix::Q4 { n, k, .. } | QuantMatrix::Q8 { n, k, .. } => (*n, *k),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            QuantMatrix::Q4 { .. } => "Q4_1",
+            QuantMatrix::Q8 { .. } => "Q8_0",
+        }
+    }
+
+    /// From raw GGUF Q4_1 blocks (f16 d, f16 m, 16 bytes of codes).
+    pub fn from_q4_1(n: usize, k: usize, raw: &[u8]) -> Self {
+        let nb = n * k / BLOCK;
+        assert_eq!(raw.len(), nb * 20, "Q4_1 data size");
+        let (mut qs, mut d, mut m) = (
+            Vec::with_capacity(nb * 16),
+            Vec::with_capacity(nb),
+            Vec::with_capacity(nb),
+        );
+        for b in raw.chunks_exact(20) {
+            d.push(f16::from_le_bytes([b[0], b[1]]).to_f32());
+            m.push(f16::from_le_bytes([b[2], b[3]]).to_f32());
+            qs.extend_from_slice(&b[4..20]);
+        }
+        QuantMatrix::Q4 { n, k, qs, d, m }
+    }
+
+    /// From raw GGUF Q4_0 blocks (f16 d, 16 bytes of codes, w = d * (q - 8)): exactly Q4 with
+    /// m = -8 d.
+    pub fn from_q4_0(n: usize, k: usize, raw: &[u8]) -> Self {
+        let nb = n * k / BLOCK;
+        assert_eq!(raw.len(), nb * 18, "Q4_0 data size");
+        let (mut qs, mut d, mut m) = (
+            Vec::with_capacity(nb * 16),
+            Vec::with_capacity(nb),
+            Vec::with_capacity(nb),
+        );
+        for b in raw.chunks_exact(18) {
+            let scale = f16::from_le_bytes([b[0], b[1]]).to_f32();
+            d.push(scale);
+            m.push(-8.0 * scale);
+            qs.extend_from_slice(&b[2..18]);
+        }
+        QuantMatrix::Q4 { n, k, qs, d, m }
+    }
+
+    /// From raw GGUF Q8_0 blocks (f16 d, 32 int8 codes).
+    pub fn from_q8_0(n: usize, k: usize, raw: &[u8]) -> Self {
+        let nb = n * k / BLOCK;
+        assert_eq!(raw.len(), nb * 34, "Q8_0 data size");
+        let (mut qs, mut d) = (Vec::with_capacity(nb * 32), Vec::with_capacity(nb));
+        for b in raw.chunks_exact(34) {
+            d.push(f16::from_le_bytes([b[0], b[1]]).to_f32());
+            qs.extend(b[2..34].iter().map(|&x| x as i8));
+        }
+        QuantMatrix::Q8 { n, k, qs, d }
+    }
+
+    /// Quantizes f32 weights (n, k) to Q8 blocks (scale = max |w| / 127).
+    pub fn quantize_q8(n: usize, k: usize, w: &[f32]) -> Self {
+        assert_eq!(w.len(), n * k);
+        assert_eq!(k % BLOCK, 0, "k must be a multiple of {BLOCK}");
+        let mut qs = Vec::with_capacity(n * k);
+        let mut d = Vec::with_capacity(n * k / BLOCK);
+        for block in w.chunks_exact(BLOCK) {
+            let amax = block.iter().fold(0f32, |a, x| a.max(x.abs()));
+            // Stored as f16 in GGUF; round the same way so requantized files match.
+            let scale = f16::from_f32(amax / 127.0).to_f32();
+            let inv = if scale == 0.0 { 0.0 } else { 1.0 / scale };
+            qs.extend(
+                block
+                    .iter()
+                    .map(|x| (x * inv).round().clamp(-127.0, 127.0) as i8),
+            );
+            d.push(scale);
+        }
+        QuantMatrix::Q8 { n, k, qs, d }
+    }
+
+    /// The given rows as f32 values, concatenated (embedding lookups).
+    pub fn dequantize_rows(&self, rows: &[u32]) -> Vec<f32> {
+        let (_, k) = self.dims();
+        let nb = k / BLOCK;
+        let mut out = Vec::with_capacity(rows.len() * k);
+        for &o in rows {
+            let o = o as usize;
+            match self {
+                QuantMatrix::Q4 { qs, d, m, .. } => {
+                    for b in o * nb..(o + 1) * nb {
+                        let bytes = &qs[b * 16..(b + 1) * 16];
+                        let lo = bytes.iter().map(|&q| d[b] * (q & 0x0F) as f32 + m[b]);
+                        let hi = bytes.iter().map(|&q| d[b] * (q >> 4) as f32 + m[b]);
+                        out.extend(lo.chain(hi));
+                    }
+                }
+                QuantMatrix::Q8 { qs, d, .. } => {
+                    for b in o * nb..(o + 1) * nb {
+                        out.extend(
+                            qs[b * BLOCK..(b + 1) * BLOCK]
+                                .iter()
+                                .map(|&q| q as f32 * d[b]),
+                        );
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The whole matrix as f32 values (tests, saving).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let n = self.dims().0 as u32;
+        self.dequantize_rows(&(0..n).collect::<Vec<_>>())
+    }
+}
+
+/// m rows of activations quantized for a matmul with a (n, k) weight.
+#[derive(Debug, Clone, Default)]
+pub struct QuantActs {
+    pub m: usize,
+    pub k: usize,
+    pub qs: Vec<i8>,
+    /// Scale per block.
+    pub d: Vec<f32>,
+    /// `d * sum(codes)` per block: the activation sum that multiplies a Q4 block's offset.
+    pub s: Vec<f32>,
+}
+
+impl QuantActs {
+    /// Quantizes `x` (m, k) in place of the previous contents (buffers are reused).
+    pub fn quantize(&mut self, x: &[f32], m: usize, k: usize) {
+        assert_eq!(x.len(), m * k);
+        assert_eq!(k % BLOCK, 0, "k must be a multiple of {BLOCK}");
+        self.m = m;
+        self.k = k;
+        self.qs.clear();
+        self.d.clear();
+        self.s.clear();
+        for block in x.chunks_exact(BLOCK) {
+            let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let scale = amax / 127.0;
+            let inv = if scale == 0.0 { 0.0 } else { 1.0 / scale };
+            let mut sum = 0i32;
+            for v in block {
+                let q = (v * inv).round() as i8;
+                sum += q as i32;
+                self.qs.push(q);
+            }
+            self.d.push(scale);
+            self.s.push(scale * sum as f32);
+        }
+    }
+}

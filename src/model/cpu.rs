@@ -1,0 +1,367 @@
+//! The llama forward on the CPU with our own kernels (`crate::kernels`): no tensor library in
+//! the loop, buffers reused across layers, q/k/v and gate/up fused into one matmul each, and
+//! every per-token computation independent of how many tokens share the pass.
+//!
+//! Same model as [`super::Llama`] (same weight names, HF rotary layout); chosen by
+//! [`super::WeightPolicy::Fast`] on the CPU.
+
+use std::collections::HashMap;
+
+use candle_core::quantized::GgmlDType;
+use candle_core::{Device, Tensor};
+
+use super::config::Config;
+use super::kv_cache::KvCache;
+use super::llama::Logits;
+use super::weights::RawTensor;
+use crate::error::{Error, Result};
+use crate::kernels::{matmul, QuantActs, QuantMatrix, BLOCK};
+
+#[derive(Debug, Clone)]
+struct Block {
+    input_layernorm: Vec<f32>,
+    /// q, k, v projections stacked: (q_dim + 2 kv_dim, hidden).
+    qkv_proj: QuantMatrix,
+    o_proj: QuantMatrix,
+    post_attention_layernorm: Vec<f32>,
+    /// gate and up projections stacked: (2 intermediate, hidden).
+    gate_up_proj: QuantMatrix,
+    down_proj: QuantMatrix,
+}
+
+#[derive(Debug, Clone)]
+pub struct CpuLlama {
+    cfg: Config,
+    /// (vocab, hidden); rows are dequantized on lookup.
+    embed_tokens: QuantMatrix,
+    layers: Vec<Block>,
+    norm: Vec<f32>,
+    /// `None` when tied to the embedding.
+    lm_head: Option<QuantMatrix>,
+    /// (context, head_dim / 2)
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+/// Our block format for a weight, keeping the file's codes where a kernel reads them directly.
+fn to_quant(name: &str, raw: RawTensor, rows: usize, cols: usize) -> Result<QuantMatrix> {
+    if cols % BLOCK != 0 {
+        return Err(Error::BadConfig(format!(
+            "`{name}` has rows of {cols} values; the CPU kernels need a multiple of {BLOCK}"
+        )));
+    }
+    Ok(match raw {
+        RawTensor::Quantized(q) => match q.dtype() {
+            GgmlDType::Q4_1 => QuantMatrix::from_q4_1(rows, cols, &q.data()?),
+            GgmlDType::Q4_0 => QuantMatrix::from_q4_0(rows, cols, &q.data()?),
+            GgmlDType::Q8_0 => QuantMatrix::from_q8_0(rows, cols, &q.data()?),
+            _ => {
+                let f = q
+                    .dequantize(&Device::Cpu)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                QuantMatrix::quantize_q8(rows, cols, &f)
+            }
+        },
+        RawTensor::Float(t) => {
+            let f = t
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            QuantMatrix::quantize_q8(rows, cols, &f)
+        }
+    })
+}
+
+/// Stacks matrices with the same width by rows; mixed formats are unified as Q8.
+fn stack(parts: Vec<QuantMatrix>) -> QuantMatrix {
+    let k = parts[0].dims().1;
+    let n: usize = parts.iter().map(|p| p.dims().0).sum();
+    if parts.iter().all(|p| matches!(p, QuantMatrix::Q4 { .. })) {
+        let (mut qs, mut d, mut m) = (Vec::new(), Vec::new(), Vec::new());
+        for p in parts {
+            if let QuantMatrix::Q4 {
+                qs: a, d: b, m: c, ..
+            } = p
+            {
+                qs.extend(a);
+                d.extend(b);
+                m.extend(c);
+            }
+        }
+        return QuantMatrix::Q4 { n, k, qs, d, m };
+    }
+    if parts.iter().all(|p| matches!(p, QuantMatrix::Q8 { .. })) {
+        let (mut qs, mut d) = (Vec::new(), Vec::new());
+        for p in parts {
+            if let QuantMatrix::Q8 { qs: a, d: b, .. } = p {
+                qs.extend(a);
+                d.extend(b);
+            }
+        }
+        return QuantMatrix::Q8 { n, k, qs, d };
+    }
+    let all: Vec<f32> = parts.iter().flat_map(|p| p.dequantize()).collect();
+    QuantMatrix::quantize_q8(n, k, &all)
+}
+
+fn vector(name: &str, raw: RawTensor, len: usize) -> Result<Vec<f32>> {
+    let v = raw.to_f32(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+    if v.len() != len {
+        return Err(Error::BadConfig(format!(
+            "`{name}` has {} values, expected {len}",
+            v.len()
+        )));
+    }
+    Ok(v)
+}
+
+impl CpuLlama {
+    pub fn load(cfg: Config, mut get: impl FnMut(&str) -> Result<RawTensor>) -> Result<Self> {
+        cfg.validate()?;
+        let (h, kv, ff) = (cfg.hidden_size, cfg.kv_dim(), cfg.intermediate_size);
+        let q_dim = cfg.num_heads * cfg.head_dim;
+        let mut matrix = |name: &str, rows: usize, cols: usize| -> Result<QuantMatrix> {
+            let raw = get(name)?;
+            if raw.dims() != [rows, cols] {
+                return Err(Error::BadConfig(format!(
+                    "tensor `{name}` has shape {:?}, the config implies {:?}",
+                    raw.dims(),
+                    [rows, cols]
+                )));
+            }
+            to_quant(name, raw, rows, cols)
+        };
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            let qkv_proj = stack(vec![
+                matrix(&format!("{p}.self_attn.q_proj.weight"), q_dim, h)?,
+                matrix(&format!("{p}.self_attn.k_proj.weight"), kv, h)?,
+                matrix(&format!("{p}.self_attn.v_proj.weight"), kv, h)?,
+            ]);
+            let o_proj = matrix(&format!("{p}.self_attn.o_proj.weight"), h, q_dim)?;
+            let gate_up_proj = stack(vec![
+                matrix(&format!("{p}.mlp.gate_proj.weight"), ff, h)?,
+                matrix(&format!("{p}.mlp.up_proj.weight"), ff, h)?,
+            ]);
+            let down_proj = matrix(&format!("{p}.mlp.down_proj.weight"), h, ff)?;
+            layers.push(Block {
+                qkv_proj,
+                o_proj,
+                gate_up_proj,
+                down_proj,
+                input_layernorm: Vec::new(),
+                post_attention_layernorm: Vec::new(),
+            });
+        }
+        let embed_tokens = matrix("model.embed_tokens.weight", cfg.vocab_size, h)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(matrix("lm_head.weight", cfg.vocab_size, h)?)
+        };
+        for (i, layer) in layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            let name = format!("{p}.input_layernorm.weight");
+            layer.input_layernorm = vector(&name, get(&name)?, h)?;
+            let name = format!("{p}.post_attention_layernorm.weight");
+            layer.post_attention_layernorm = vector(&name, get(&name)?, h)?;
+        }
+        let norm = vector("model.norm.weight", get("model.norm.weight")?, h)?;
+        let (cos, sin) = super::llama::rope_tables_vec(&cfg);
+        Ok(Self {
+            cfg,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            cos,
+            sin,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn weight_format(&self) -> String {
+        self.layers
+            .first()
+            .map(|b| b.qkv_proj.name().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Runs `tokens` at positions `cache.len()..` and returns logits, (1 or m) x vocab, row-major.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Vec<f32>> {
+        let cfg = &self.cfg;
+        let m = tokens.len();
+        let offset = cache.len();
+        let (h, nh, nkv, hd) = (
+            cfg.hidden_size,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+        );
+        let (q_dim, kv_dim, ff) = (nh * hd, cfg.kv_dim(), cfg.intermediate_size);
+        let mut x = vec![0f32; m * h];
+        let embed = self.embed_tokens.dequantize_rows(tokens);
+        x.copy_from_slice(&embed);
+        let mut acts = QuantActs::default();
+        let mut normed = vec![0f32; m * h];
+        let mut qkv = vec![0f32; m * (q_dim + 2 * kv_dim)];
+        let mut q = vec![0f32; nh * m * hd];
+        let mut proj = vec![0f32; m * h];
+        let mut gate_up = vec![0f32; m * 2 * ff];
+        let mut act = vec![0f32; m * ff];
+        let capacity = cache.reserve_cpu(offset + m, nkv, hd);
+        for (l, layer) in self.layers.iter().enumerate() {
+            rms_norm(
+                &x,
+                &layer.input_layernorm,
+                cfg.rms_norm_eps as f32,
+                &mut normed,
+            );
+            acts.quantize(&normed, m, h);
+            matmul(&layer.qkv_proj, &acts, &mut qkv);
+            let (k_cache, v_cache) = cache.cpu_layer(l);
+            let width = q_dim + 2 * kv_dim;
+            for i in 0..m {
+                let pos = offset + i;
+                let row = &mut qkv[i * width..(i + 1) * width];
+                let (qr, rest) = row.split_at_mut(q_dim);
+                let (kr, vr) = rest.split_at_mut(kv_dim);
+                for head in 0..nh {
+                    let src = &mut qr[head * hd..(head + 1) * hd];
+                    self.rope(src, pos);
+                    q[(head * m + i) * hd..][..hd].copy_from_slice(src);
+                }
+                for head in 0..nkv {
+                    let src = &mut kr[head * hd..(head + 1) * hd];
+                    self.rope(src, pos);
+                    let at = (head * capacity + pos) * hd;
+                    k_cache[at..at + hd].copy_from_slice(src);
+                    v_cache[at..at + hd].copy_from_slice(&vr[head * hd..(head + 1) * hd]);
+                }
+            }
+            let att = super::attention_cpu::causal_attention(
+                &q, k_cache, v_cache, nh, nkv, m, hd, capacity, offset,
+            );
+            acts.quantize(&att, m, q_dim);
+            matmul(&layer.o_proj, &acts, &mut proj);
+            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+            rms_norm(
+                &x,
+                &layer.post_attention_layernorm,
+                cfg.rms_norm_eps as f32,
+                &mut normed,
+            );
+            acts.quantize(&normed, m, h);
+            matmul(&layer.gate_up_proj, &acts, &mut gate_up);
+            for i in 0..m {
+                let row = &gate_up[i * 2 * ff..(i + 1) * 2 * ff];
+                let (g, u) = row.split_at(ff);
+                for (o, (&g, &u)) in act[i * ff..(i + 1) * ff].iter_mut().zip(g.iter().zip(u)) {
+                    *o = g / (1.0 + (-g).exp()) * u;
+                }
+            }
+            acts.quantize(&act, m, ff);
+            matmul(&layer.down_proj, &acts, &mut proj);
+            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+        }
+        cache.advance(m);
+        let rows = match logits {
+            Logits::Last => 1,
+            Logits::All => m,
+        };
+        let last = &x[(m - rows) * h..];
+        let mut normed = vec![0f32; rows * h];
+        rms_norm(last, &self.norm, cfg.rms_norm_eps as f32, &mut normed);
+        acts.quantize(&normed, rows, h);
+        let mut out = vec![0f32; rows * cfg.vocab_size];
+        matmul(
+            self.lm_head.as_ref().unwrap_or(&self.embed_tokens),
+            &acts,
+            &mut out,
+        );
+        Ok(out)
+    }
+
+    /// Rotates one head's vector (HF half-split layout) to position `pos`.
+    fn rope(&self, v: &mut [f32], pos: usize) {
+        let half = v.len() / 2;
+        let cos = &self.cos[pos * half..(pos + 1) * half];
+        let sin = &self.sin[pos * half..(pos + 1) * half];
+        for i in 0..half {
+            let (a, b) = (v[i], v[i + half]);
+            v[i] = a * cos[i] - b * sin[i];
+            v[i + half] = b * cos[i] + a * sin[i];
+        }
+    }
+
+    /// Every weight as a dense f32 tensor under its Hugging Face name (for saving a folder).
+    pub fn hf_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let cfg = &self.cfg;
+        let (h, kv, ff) = (cfg.hidden_size, cfg.kv_dim(), cfg.intermediate_size);
+        let q_dim = cfg.num_heads * cfg.head_dim;
+        let dev = &Device::Cpu;
+        let dense = |w: &QuantMatrix| -> Result<Tensor> {
+            let (n, k) = w.dims();
+            Ok(Tensor::from_vec(w.dequantize(), (n, k), dev)?)
+        };
+        let mut out = HashMap::new();
+        out.insert(
+            "model.embed_tokens.weight".to_string(),
+            dense(&self.embed_tokens)?,
+        );
+        out.insert(
+            "model.norm.weight".to_string(),
+            Tensor::from_slice(&self.norm, h, dev)?,
+        );
+        if let Some(head) = &self.lm_head {
+            out.insert("lm_head.weight".to_string(), dense(head)?);
+        }
+        for (i, b) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let qkv = dense(&b.qkv_proj)?;
+            out.insert(
+                format!("{p}.self_attn.q_proj.weight"),
+                qkv.narrow(0, 0, q_dim)?,
+            );
+            out.insert(
+                format!("{p}.self_attn.k_proj.weight"),
+                qkv.narrow(0, q_dim, kv)?,
+            );
+            out.insert(
+                format!("{p}.self_attn.v_proj.weight"),
+                qkv.narrow(0, q_dim + kv, kv)?,
+            );
+            out.insert(format!("{p}.self_attn.o_proj.weight"), dense(&b.o_proj)?);
+            let gu = dense(&b.gate_up_proj)?;
+            out.insert(format!("{p}.mlp.gate_proj.weight"), gu.narrow(0, 0, ff)?);
+            out.insert(format!("{p}.mlp.up_proj.weight"), gu.narrow(0, ff, ff)?);
+            out.insert(format!("{p}.mlp.down_proj.weight"), dense(&b.down_proj)?);
+            out.insert(
+                format!("{p}.input_layernorm.weight"),
+                Tensor::from_slice(&b.input_layernorm, h, dev)?,
+            );
+            out.insert(
+                format!("{p}.post_attention_layernorm.weight"),
+                Tensor::from_slice(&b.post_attention_layernorm, h, dev)?,
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// Row-wise RMS norm of `x` (rows, n) times `w`.
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let n = w.len();
+    for (row, o) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / n as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for ((o, &v), &w) in o.iter_mut().zip(row).zip(w) {
+            *o = v * inv * w;
+        }
+    }
+}
