@@ -9,6 +9,9 @@ use super::quant::{QuantActs, QuantMatrix, BLOCK};
 /// Weight rows per task: small enough to balance two threads, large enough to amortise.
 const ROWS_PER_TASK: usize = 32;
 
+/// Activation rows handled against one unpacked weight row at a time.
+const MAX_ROWS: usize = 64;
+
 /// Writes through a raw pointer from several threads; each (r, o) is written by exactly one.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -24,11 +27,11 @@ pub fn matmul(w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
     let tasks = n.div_ceil(ROWS_PER_TASK);
     let run = |t: usize| {
         let ptr = ptr;
+        let mut res = [0f32; MAX_ROWS];
         for o in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
             let mut r = 0;
             while r < m {
-                let rows = (m - r).min(4);
-                let mut res = [0f32; 4];
+                let rows = (m - r).min(MAX_ROWS);
                 row_block(w, x, o, r, rows, &mut res);
                 for i in 0..rows {
                     // SAFETY: (r + i, o) is in bounds and owned by this task.
@@ -45,20 +48,20 @@ pub fn matmul(w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
     }
 }
 
-/// Dot products of weight row `o` with activation rows `r0..r0 + rows` (rows <= 4).
-fn row_block(w: &QuantMatrix, x: &QuantActs, o: usize, r0: usize, rows: usize, res: &mut [f32; 4]) {
+/// Dot products of weight row `o` with activation rows `r0..r0 + rows` (rows <= MAX_ROWS).
+fn row_block(
+    w: &QuantMatrix,
+    x: &QuantActs,
+    o: usize,
+    r0: usize,
+    rows: usize,
+    res: &mut [f32; MAX_ROWS],
+) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the features were just detected.
-            unsafe {
-                match rows {
-                    4 => avx2::row_block::<4>(w, x, o, r0, res),
-                    3 => avx2::row_block::<3>(w, x, o, r0, res),
-                    2 => avx2::row_block::<2>(w, x, o, r0, res),
-                    _ => avx2::row_block::<1>(w, x, o, r0, res),
-                }
-            }
+            unsafe { avx2::row_block(w, x, o, r0, rows, res) };
             return;
         }
     }
@@ -104,6 +107,7 @@ fn scalar_dot(w: &QuantMatrix, x: &QuantActs, o: usize, r: usize) -> f32 {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
 
     use super::super::quant::{QuantActs, QuantMatrix, BLOCK};
 
@@ -134,65 +138,146 @@ mod avx2 {
         s
     }
 
-    /// R activation rows against one weight row; each row keeps its own accumulator, so its
-    /// result does not depend on R.
+    /// Sums the eight i32 lanes of each of `p[0..8]`: lane j of the result is the sum of p[j].
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn row_block<const R: usize>(
+    unsafe fn reduce8(p: &[__m256i; 8]) -> __m256i {
+        let t0 = _mm256_hadd_epi32(p[0], p[1]);
+        let t1 = _mm256_hadd_epi32(p[2], p[3]);
+        let t2 = _mm256_hadd_epi32(p[4], p[5]);
+        let t3 = _mm256_hadd_epi32(p[6], p[7]);
+        let u0 = _mm256_hadd_epi32(t0, t1);
+        let u1 = _mm256_hadd_epi32(t2, t3);
+        _mm256_add_epi32(
+            _mm256_permute2x128_si256(u0, u1, 0x20),
+            _mm256_permute2x128_si256(u0, u1, 0x31),
+        )
+    }
+
+    /// A Q4 block's 32 codes as bytes in value order.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn unpack_q4(p: *const u8) -> __m256i {
+        let raw = _mm_loadu_si128(p as *const __m128i);
+        let mask = _mm_set1_epi8(0x0F);
+        _mm256_set_m128i(
+            _mm_and_si128(_mm_srli_epi16(raw, 4), mask),
+            _mm_and_si128(raw, mask),
+        )
+    }
+
+    /// Weight block `b` (global index) as unsigned bytes for maddubs, plus (Q8) its signs.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load(w: &QuantMatrix, b: usize) -> (__m256i, __m256i) {
+        match w {
+            QuantMatrix::Q4 { qs, .. } => {
+                (unpack_q4(qs.as_ptr().add(b * 16)), _mm256_setzero_si256())
+            }
+            QuantMatrix::Q8 { qs, .. } => {
+                let v = _mm256_loadu_si256(qs.as_ptr().add(b * BLOCK) as *const __m256i);
+                (_mm256_sign_epi8(v, v), v)
+            }
+        }
+    }
+
+    /// The eight pairwise i32 sums of one block's 32 products.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn prod(is_q4: bool, wu: __m256i, ws: __m256i, xv: __m256i, ones: __m256i) -> __m256i {
+        let xv = if is_q4 { xv } else { _mm256_sign_epi8(xv, ws) };
+        _mm256_madd_epi16(_mm256_maddubs_epi16(wu, xv), ones)
+    }
+
+    /// `rows` activation rows against one weight row. Blocks go in groups of eight: the eight
+    /// integer block sums of a row are reduced into one vector and scaled with one multiply-add,
+    /// which is what keeps a many-row call cheap. Each row has its own accumulators and the same
+    /// instruction sequence whatever `rows` is, so its result does not depend on the batch.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn row_block(
         w: &QuantMatrix,
         x: &QuantActs,
         o: usize,
         r0: usize,
-        res: &mut [f32; 4],
+        rows: usize,
+        res: &mut [f32; super::MAX_ROWS],
     ) {
         let k = x.k;
         let nb = k / BLOCK;
+        let groups = nb / 8;
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); R];
+        // Only the first `rows` entries are used; zeroing all of them per call would cost more
+        // than a one-row matmul.
+        let mut acc = [const { MaybeUninit::<__m256>::uninit() }; super::MAX_ROWS];
+        let mut tail = [const { MaybeUninit::<__m256>::uninit() }; super::MAX_ROWS];
+        for r in 0..rows {
+            acc[r].write(_mm256_setzero_ps());
+            tail[r].write(_mm256_setzero_ps());
+        }
         let xq = x.qs.as_ptr();
-        match w {
-            QuantMatrix::Q4 { qs, d, m, .. } => {
-                let mask = _mm_set1_epi8(0x0F);
-                let wq = qs.as_ptr().add(o * nb * 16);
-                for b in 0..nb {
-                    let raw = _mm_loadu_si128(wq.add(b * 16) as *const __m128i);
-                    let lo = _mm_and_si128(raw, mask);
-                    let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-                    let wv = _mm256_set_m128i(hi, lo);
-                    let dw = *d.get_unchecked(o * nb + b);
-                    for r in 0..R {
-                        let row = r0 + r;
-                        let xv = _mm256_loadu_si256(xq.add(row * k + b * BLOCK) as *const __m256i);
-                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones);
-                        let scale = _mm256_set1_ps(dw * *x.d.get_unchecked(row * nb + b));
-                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[r]);
-                    }
-                }
-                for r in 0..R {
-                    let row = r0 + r;
-                    let offset = dot(m.as_ptr().add(o * nb), x.s.as_ptr().add(row * nb), nb);
-                    res[r] = hsum(acc[r]) + offset;
-                }
+        let xd = x.d.as_ptr();
+        // Unsigned weight bytes for maddubs, and for Q8 the signs to move onto x.
+        let mut wu = [_mm256_setzero_si256(); 8];
+        let mut ws = [_mm256_setzero_si256(); 8];
+        let (is_q4, d) = match w {
+            QuantMatrix::Q4 { d, .. } => (true, d.as_ptr().add(o * nb)),
+            QuantMatrix::Q8 { d, .. } => (false, d.as_ptr().add(o * nb)),
+        };
+        for g in 0..groups {
+            for j in 0..8 {
+                (wu[j], ws[j]) = load(w, o * nb + g * 8 + j);
             }
-            QuantMatrix::Q8 { qs, d, .. } => {
-                let wq = qs.as_ptr().add(o * nb * BLOCK);
-                for b in 0..nb {
-                    let wv = _mm256_loadu_si256(wq.add(b * BLOCK) as *const __m256i);
-                    // maddubs multiplies unsigned by signed: move w's sign onto x.
-                    let aw = _mm256_sign_epi8(wv, wv);
-                    let dw = *d.get_unchecked(o * nb + b);
-                    for r in 0..R {
-                        let row = r0 + r;
-                        let xv = _mm256_loadu_si256(xq.add(row * k + b * BLOCK) as *const __m256i);
-                        let sx = _mm256_sign_epi8(xv, wv);
-                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones);
-                        let scale = _mm256_set1_ps(dw * *x.d.get_unchecked(row * nb + b));
-                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[r]);
-                    }
+            let dw = _mm256_loadu_ps(d.add(g * 8));
+            for r in 0..rows {
+                let row = r0 + r;
+                let xp = xq.add(row * k + g * 8 * BLOCK);
+                let mut p = [_mm256_setzero_si256(); 8];
+                for j in 0..8 {
+                    p[j] = prod(
+                        is_q4,
+                        wu[j],
+                        ws[j],
+                        _mm256_loadu_si256(xp.add(j * BLOCK) as *const __m256i),
+                        ones,
+                    );
                 }
-                for r in 0..R {
-                    res[r] = hsum(acc[r]);
-                }
+                let scale = _mm256_mul_ps(dw, _mm256_loadu_ps(xd.add(row * nb + g * 8)));
+                acc[r].write(_mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(reduce8(&p)),
+                    scale,
+                    acc[r].assume_init(),
+                ));
             }
+        }
+        for b in groups * 8..nb {
+            let (u, sg) = load(w, o * nb + b);
+            let dw = *d.add(b);
+            for r in 0..rows {
+                let row = r0 + r;
+                let p = prod(
+                    is_q4,
+                    u,
+                    sg,
+                    _mm256_loadu_si256(xq.add(row * k + b * BLOCK) as *const __m256i),
+                    ones,
+                );
+                let scale = _mm256_set1_ps(dw * *xd.add(row * nb + b));
+                tail[r].write(_mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(p),
+                    scale,
+                    tail[r].assume_init(),
+                ));
+            }
+        }
+        for r in 0..rows {
+            let row = r0 + r;
+            let offset = match w {
+                QuantMatrix::Q4 { m, .. } => {
+                    dot(m.as_ptr().add(o * nb), x.s.as_ptr().add(row * nb), nb)
+                }
+                QuantMatrix::Q8 { .. } => 0.0,
+            };
+            res[r] = hsum(acc[r].assume_init()) + hsum(tail[r].assume_init()) + offset;
         }
     }
 }
