@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::decode::{CancelToken, DecodeOptions, Mode};
+use crate::decode::{BlockSpec, CancelToken, DecodeOptions, Mode};
 use crate::engine::{Engine, GenerateRequest, Prompt};
 use crate::error::{Error, Result};
 use crate::model::Logits;
@@ -62,7 +62,9 @@ pub struct ArResult {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JacobiResult {
-    pub block: usize,
+    pub block: BlockSpec,
+    /// The size used (for auto: the one used most).
+    pub block_used: usize,
     pub tokens_per_second: f64,
     pub tokens_per_iteration: f64,
     pub speedup: f64,
@@ -97,7 +99,7 @@ pub struct BenchReport {
 pub struct BenchConfig {
     pub prompts: Vec<String>,
     pub max_tokens: usize,
-    pub blocks: Vec<usize>,
+    pub blocks: Vec<BlockSpec>,
     pub cost_sizes: Vec<usize>,
     pub cache_tokens: usize,
     pub repetitions: usize,
@@ -110,8 +112,9 @@ pub fn run(engine: &Engine, cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> Res
         .iter()
         .map(|p| Prompt::Chat(vec![Message::user(p.clone())]))
         .collect();
-    let decode_all = |mode: Mode| -> Result<(Vec<Vec<u32>>, usize, usize, f64)> {
+    let decode_all = |mode: Mode| -> Result<(Vec<Vec<u32>>, usize, usize, f64, usize)> {
         let (mut outs, mut tokens, mut passes, mut ms) = (Vec::new(), 0, 0, 0.0);
+        let mut used = std::collections::HashMap::<usize, usize>::new();
         for prompt in &requests {
             let req = GenerateRequest {
                 prompt: prompt.clone(),
@@ -126,9 +129,15 @@ pub fn run(engine: &Engine, cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> Res
             tokens += g.generated_tokens.saturating_sub(1);
             passes += g.forward_passes;
             ms += g.decode_ms;
+            *used.entry(g.block).or_default() += g.forward_passes;
             outs.push(g.token_ids);
         }
-        Ok((outs, tokens, passes, ms))
+        let most_used = used
+            .into_iter()
+            .max_by_key(|&(_, n)| n)
+            .map(|(b, _)| b)
+            .unwrap_or(1);
+        Ok((outs, tokens, passes, ms, most_used))
     };
     // Warm-up: one short generation so first-touch costs don't land on AR.
     let warm = GenerateRequest {
@@ -139,15 +148,16 @@ pub fn run(engine: &Engine, cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> Res
         },
     };
     engine.generate(&warm, &CancelToken::new(), |_| {})?;
-    let (ar_outs, ar_tokens, ar_passes, ar_ms) = decode_all(Mode::Autoregressive)?;
+    let (ar_outs, ar_tokens, ar_passes, ar_ms, _) = decode_all(Mode::Autoregressive)?;
     let ar_tps = ar_tokens as f64 / (ar_ms / 1e3).max(1e-9);
     log(&format!("ar: {ar_tps:.1} tokens/s over {ar_tokens} tokens"));
     let mut jacobi = Vec::new();
     for &block in &cfg.blocks {
-        let (outs, tokens, passes, ms) = decode_all(Mode::Jacobi(block))?;
+        let (outs, tokens, passes, ms, block_used) = decode_all(block.mode())?;
         let tps = tokens as f64 / (ms / 1e3).max(1e-9);
         let r = JacobiResult {
             block,
+            block_used,
             tokens_per_second: tps,
             tokens_per_iteration: tokens as f64 / passes.max(1) as f64,
             speedup: tps / ar_tps,

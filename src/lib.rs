@@ -31,7 +31,8 @@ pub mod testing;
 pub mod tokenizer;
 
 pub use decode::{
-    CancelToken, DecodeEvent, DecodeOptions, Generation, Iteration, Mode, Sampling, StopReason,
+    BlockSpec, CancelToken, DecodeEvent, DecodeOptions, Generation, Iteration, Mode, Sampling,
+    StopReason,
 };
 pub use device::DeviceChoice;
 pub use engine::{Engine, GenerateRequest, LoadOptions, ModelInfo, Prompt};

@@ -458,3 +458,68 @@ fn bench_reports_ar_jacobi_and_the_forward_cost_curve() {
         "no `question`",
     );
 }
+
+#[test]
+fn block_auto_is_the_default_and_matches_ar() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = tiny_gguf(dir.path(), "tiny.gguf", |_| {});
+    let m = p.to_str().unwrap();
+    let ar = json(&run(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "hello",
+        "--mode",
+        "ar",
+        "--max-tokens",
+        "60",
+        "--json",
+    ]));
+    let default = json(&run(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "hello",
+        "--max-tokens",
+        "60",
+        "--json",
+    ]));
+    assert_eq!(default["mode"], "jacobi-auto");
+    assert_eq!(default["token_ids"], ar["token_ids"]);
+    let auto = json(&run(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "hello",
+        "--mode",
+        "jacobi",
+        "--block",
+        "auto",
+        "--max-tokens",
+        "60",
+        "--json",
+    ]));
+    assert_eq!(auto["token_ids"], ar["token_ids"]);
+    // Sampling options without --mode mean ar.
+    let sampled = json(&run(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "hello",
+        "--temperature",
+        "0.5",
+        "--max-tokens",
+        "5",
+        "--json",
+    ]));
+    assert_eq!(sampled["mode"], "ar");
+    let out = run(&[
+        "generate", "--model", m, "--prompt", "hello", "--block", "big",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "clap rejects it");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`auto` or a number"));
+}

@@ -131,3 +131,34 @@ fn cancel_from_another_thread() {
         StopReason::Cancelled | StopReason::ContextFull | StopReason::Eos
     ));
 }
+
+#[test]
+fn auto_block_is_lossless_and_reports_the_size_it_used() {
+    let e = engine();
+    let ar = e
+        .generate(
+            &request(Mode::Autoregressive, 150, vec![]),
+            &CancelToken::new(),
+            |_| {},
+        )
+        .unwrap();
+    let mut sizes = Vec::new();
+    let auto = e
+        .generate(
+            &request(Mode::JacobiAuto(16), 150, vec![]),
+            &CancelToken::new(),
+            |ev| {
+                if let DecodeEvent::Iteration(it) = ev {
+                    sizes.push(it.before.len());
+                }
+            },
+        )
+        .unwrap();
+    assert_eq!(auto.token_ids, ar.token_ids);
+    assert!(sizes.iter().all(|&n| (1..=16).contains(&n)));
+    assert!(
+        sizes.contains(&auto.block),
+        "{} not among {sizes:?}",
+        auto.block
+    );
+}

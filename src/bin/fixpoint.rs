@@ -28,7 +28,7 @@ struct Cli {
 enum Command {
     /// Generate a continuation of one prompt, streaming it to stdout.
     Generate(GenerateArgs),
-    /// Chat with a model in the terminal (/reset, /mode ar|jacobi, /block N, /quit).
+    /// Chat with a model in the terminal (/reset, /mode ar|jacobi, /block N|auto, /quit).
     Chat(ChatArgs),
     /// Measure AR against Jacobi on the same prompts, and the forward cost per block size.
     Bench(BenchArgs),
@@ -94,12 +94,14 @@ enum ModeArg {
 
 #[derive(Args, Clone)]
 struct DecodeArgs {
-    /// Decoder: one token per pass (ar) or Jacobi iteration over a block (jacobi).
-    #[arg(long, value_enum, default_value = "ar")]
-    mode: ModeArg,
-    /// Jacobi block size.
-    #[arg(long, default_value_t = 16)]
-    block: usize,
+    /// Decoder: one token per pass (ar) or Jacobi iteration over a block (jacobi). Default:
+    /// jacobi, or ar when a sampling option is given.
+    #[arg(long, value_enum)]
+    mode: Option<ModeArg>,
+    /// Jacobi block size: a number, or auto (chosen while decoding from measured pass costs
+    /// and acceptance; never much slower than ar).
+    #[arg(long, default_value = "auto")]
+    block: fixpoint::BlockSpec,
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
     /// Sample with this temperature (ar only; 0 = greedy).
@@ -150,9 +152,9 @@ struct BenchArgs {
     limit: Option<usize>,
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
-    /// Jacobi block sizes to compare with AR.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
-    blocks: Vec<usize>,
+    /// Jacobi block sizes to compare with AR (numbers or auto).
+    #[arg(long, value_delimiter = ',', default_value = "auto,1,2,4,8,16,32")]
+    blocks: Vec<fixpoint::BlockSpec>,
     /// Token counts m for the forward-cost curve.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64")]
     cost_sizes: Vec<usize>,
@@ -244,14 +246,14 @@ fn load(args: &ModelArgs) -> Result<Engine> {
 
 fn decode_options(args: &DecodeArgs) -> Result<DecodeOptions> {
     let temperature = args.temperature.unwrap_or(0.0);
+    let sampling = args.temperature.is_some() || args.top_p.is_some() || args.top_k.is_some();
     let mode = match args.mode {
-        ModeArg::Ar => Mode::Autoregressive,
-        ModeArg::Jacobi => {
-            if args.temperature.is_some() || args.top_p.is_some() || args.top_k.is_some() {
-                return Err(fixpoint::Error::SamplingWithJacobi(temperature).into());
-            }
-            Mode::Jacobi(args.block)
+        Some(ModeArg::Ar) => Mode::Autoregressive,
+        None if sampling => Mode::Autoregressive,
+        Some(ModeArg::Jacobi) if sampling => {
+            return Err(fixpoint::Error::SamplingWithJacobi(temperature).into());
         }
+        Some(ModeArg::Jacobi) | None => args.block.mode(),
     };
     Ok(DecodeOptions {
         mode,
@@ -382,13 +384,13 @@ fn chat(args: ChatArgs) -> Result<()> {
                     history.retain(|m| m.role == "system");
                     eprintln!("(history cleared)");
                 }
-                (Some("mode"), Some("ar")) => decode.mode = ModeArg::Ar,
-                (Some("mode"), Some("jacobi")) => decode.mode = ModeArg::Jacobi,
+                (Some("mode"), Some("ar")) => decode.mode = Some(ModeArg::Ar),
+                (Some("mode"), Some("jacobi")) => decode.mode = Some(ModeArg::Jacobi),
                 (Some("block"), Some(n)) => match n.parse() {
                     Ok(n) => decode.block = n,
-                    Err(_) => eprintln!("error: /block takes a number"),
+                    Err(e) => eprintln!("error: {e}"),
                 },
-                _ => eprintln!("commands: /reset, /mode ar|jacobi, /block N, /quit"),
+                _ => eprintln!("commands: /reset, /mode ar|jacobi, /block N|auto, /quit"),
             }
             continue;
         }
@@ -438,7 +440,10 @@ fn chat(args: ChatArgs) -> Result<()> {
 }
 
 fn bench(args: BenchArgs) -> Result<()> {
-    if args.blocks.contains(&0) || args.repetitions == 0 || args.cost_sizes.contains(&0) {
+    if args.blocks.contains(&fixpoint::BlockSpec::Fixed(0))
+        || args.repetitions == 0
+        || args.cost_sizes.contains(&0)
+    {
         bail!("--blocks, --cost-sizes and --repetitions take positive numbers");
     }
     let prompts = fixpoint::bench::read_prompts(&args.prompts, args.limit)?;
@@ -461,17 +466,20 @@ fn bench(args: BenchArgs) -> Result<()> {
         report.prompts, report.max_tokens, report.model
     );
     println!(
-        "{:<10} {:>10} {:>12} {:>8} {:>10}",
+        "{:<12} {:>10} {:>12} {:>8} {:>10}",
         "decoder", "tokens/s", "tokens/pass", "speedup", "same as AR"
     );
     println!(
-        "{:<10} {:>10.1} {:>12.2} {:>8.2} {:>10}",
+        "{:<12} {:>10.1} {:>12.2} {:>8.2} {:>10}",
         "ar", report.ar.tokens_per_second, 1.0, 1.0, "-"
     );
     for j in &report.jacobi {
         println!(
-            "{:<10} {:>10.1} {:>12.2} {:>8.2} {:>10}",
-            format!("jacobi {}", j.block),
+            "{:<12} {:>10.1} {:>12.2} {:>8.2} {:>10}",
+            match j.block {
+                fixpoint::BlockSpec::Auto => format!("auto ({})", j.block_used),
+                fixpoint::BlockSpec::Fixed(n) => format!("jacobi {n}"),
+            },
             j.tokens_per_second,
             j.tokens_per_iteration,
             j.speedup,

@@ -7,11 +7,42 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 use rand::Rng;
 
+use super::block_size::AutoBlock;
 use super::events::{DecodeEvent, Iteration, StopReason};
 use super::output::{CancelToken, Output};
 use super::Progress;
 use crate::error::Result;
 use crate::model::{argmax_rows, KvCache, Logits, Transformer};
+
+/// The block size of each pass: fixed, or chosen as decoding goes ([`AutoBlock`]).
+#[derive(Debug, Clone)]
+pub enum BlockSizer {
+    Fixed(usize),
+    Auto(AutoBlock),
+}
+
+impl BlockSizer {
+    fn choose(&mut self) -> usize {
+        match self {
+            BlockSizer::Fixed(n) => *n,
+            BlockSizer::Auto(a) => a.choose(),
+        }
+    }
+
+    fn observe(&mut self, n: usize, tokens: usize, ms: f64) {
+        if let BlockSizer::Auto(a) = self {
+            a.observe(n, tokens, ms);
+        }
+    }
+
+    /// The size to report: the fixed one, or the one auto used most.
+    pub fn reported(&self) -> usize {
+        match self {
+            BlockSizer::Fixed(n) => *n,
+            BlockSizer::Auto(a) => a.most_used(),
+        }
+    }
+}
 
 /// How the block evolves in one pass. Pure, so trajectory collection and tests share it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +91,7 @@ pub(crate) fn decode(
     cache: &mut KvCache,
     prompt: &[u32],
     first: u32,
-    block_size: usize,
+    sizer: &mut BlockSizer,
     rng: &mut StdRng,
     out: &mut Output,
     cancel: &CancelToken,
@@ -79,7 +110,8 @@ pub(crate) fn decode(
         // block[0] is already in the answer; the pass can add up to n more tokens, so a block
         // larger than what is still wanted (or what the context holds) is wasted work.
         let room = cache.max_len() - cache.len();
-        let n = block_size.min(out.remaining()).min(room);
+        let chosen = sizer.choose();
+        let n = chosen.min(out.remaining()).min(room);
         if n == 0 {
             out.stop = Some(StopReason::ContextFull);
             break;
@@ -99,6 +131,9 @@ pub(crate) fn decode(
         let block_start = out.ids.len() - 1;
         let new = &preds[..s.accepted];
         let taken = out.push(new, &mut |e| on_event(e))?;
+        if n == chosen {
+            sizer.observe(n, s.accepted, ms);
+        }
         context.extend_from_slice(&new[..taken]);
         on_event(DecodeEvent::Iteration(Iteration {
             index: progress.passes - 1,

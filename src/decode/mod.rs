@@ -5,6 +5,7 @@
 //! text streaming ([`output`]).
 
 mod autoregressive;
+pub mod block_size;
 mod events;
 pub mod jacobi;
 mod output;
@@ -35,6 +36,72 @@ pub enum Mode {
     Autoregressive,
     /// Jacobi iteration over a block of this many tokens.
     Jacobi(usize),
+    /// Jacobi iteration with the block size chosen while decoding, up to this many tokens
+    /// ([`block_size::AutoBlock`]): never much slower than autoregressive decoding.
+    JacobiAuto(usize),
+}
+
+/// A Jacobi block size as users give it: `auto` or a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockSpec {
+    Auto,
+    Fixed(usize),
+}
+
+/// Largest block `auto` considers.
+pub const AUTO_MAX_BLOCK: usize = 32;
+
+impl BlockSpec {
+    pub fn mode(self) -> Mode {
+        match self {
+            BlockSpec::Auto => Mode::JacobiAuto(AUTO_MAX_BLOCK),
+            BlockSpec::Fixed(n) => Mode::Jacobi(n),
+        }
+    }
+}
+
+impl std::str::FromStr for BlockSpec {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(BlockSpec::Auto);
+        }
+        s.parse()
+            .map(BlockSpec::Fixed)
+            .map_err(|_| format!("block size must be `auto` or a number, got `{s}`"))
+    }
+}
+
+impl std::fmt::Display for BlockSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BlockSpec::Auto => f.write_str("auto"),
+            BlockSpec::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Serialized as `"auto"` or the number.
+impl Serialize for BlockSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            BlockSpec::Auto => s.serialize_str("auto"),
+            BlockSpec::Fixed(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BlockSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Number(n) => n
+                .as_u64()
+                .map(|n| BlockSpec::Fixed(n as usize))
+                .ok_or_else(|| serde::de::Error::custom("block size must be a positive integer")),
+            serde_json::Value::String(s) => s.parse().map_err(serde::de::Error::custom),
+            other => Err(serde::de::Error::custom(format!("bad block size {other}"))),
+        }
+    }
 }
 
 /// How to decode, independent of the prompt.
@@ -67,7 +134,7 @@ impl DecodeOptions {
     /// Refuses settings that make no sense for a model with this context.
     pub fn validate(&self, context: usize) -> Result<()> {
         self.sampling.validate()?;
-        if let Mode::Jacobi(n) = self.mode {
+        if let Mode::Jacobi(n) | Mode::JacobiAuto(n) = self.mode {
             if n == 0 || n > context {
                 return Err(Error::InvalidBlockSize {
                     block: n,
@@ -132,22 +199,25 @@ pub fn generate(
             )?,
             1,
         ),
-        Mode::Jacobi(n) => {
+        Mode::Jacobi(_) | Mode::JacobiAuto(_) => {
             let mut rng = StdRng::seed_from_u64(opts.seed);
-            (
-                jacobi::decode(
-                    model,
-                    &mut cache,
-                    prompt,
-                    first,
-                    n,
-                    &mut rng,
-                    &mut out,
-                    cancel,
-                    &mut on_event,
-                )?,
-                n,
-            )
+            let mut sizer = match opts.mode {
+                Mode::JacobiAuto(max) => jacobi::BlockSizer::Auto(block_size::AutoBlock::new(max)),
+                Mode::Jacobi(n) => jacobi::BlockSizer::Fixed(n),
+                Mode::Autoregressive => unreachable!("handled by the arm above"),
+            };
+            let progress = jacobi::decode(
+                model,
+                &mut cache,
+                prompt,
+                first,
+                &mut sizer,
+                &mut rng,
+                &mut out,
+                cancel,
+                &mut on_event,
+            )?;
+            (progress, sizer.reported())
         }
     };
     out.finish(&mut on_event)?;
@@ -176,6 +246,7 @@ pub fn generate(
         mode: match opts.mode {
             Mode::Autoregressive => "ar".into(),
             Mode::Jacobi(_) => "jacobi".into(),
+            Mode::JacobiAuto(_) => "jacobi-auto".into(),
         },
         block,
     })
