@@ -8,6 +8,7 @@
 
 mod matmul;
 mod quant;
+pub(crate) mod simd;
 
 pub use matmul::{matmul, matmul_reference};
 pub use quant::{QuantActs, QuantMatrix, BLOCK};

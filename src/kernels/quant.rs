@@ -5,6 +5,8 @@
 
 use half::f16;
 
+use super::simd::{amax8, multiversion};
+
 /// Values per block.
 pub const BLOCK: usize = 32;
 
@@ -148,6 +150,22 @@ impl QuantMatrix {
     }
 }
 
+multiversion! {
+    fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+        for (((block, q), d), s) in x.chunks_exact(BLOCK).zip(qs.chunks_exact_mut(BLOCK)).zip(d.iter_mut()).zip(s.iter_mut()) {
+            let scale = amax8(block) / 127.0;
+            let inv = if scale == 0.0 { 0.0 } else { 1.0 / scale };
+            let mut sum = 0i32;
+            for (q, v) in q.iter_mut().zip(block) {
+                *q = (v * inv).round() as i8;
+                sum += *q as i32;
+            }
+            *d = scale;
+            *s = scale * sum as f32;
+        }
+    }
+}
+
 /// m rows of activations quantized for a matmul with a (n, k) weight.
 #[derive(Debug, Clone, Default)]
 pub struct QuantActs {
@@ -167,21 +185,9 @@ impl QuantActs {
         assert_eq!(k % BLOCK, 0, "k must be a multiple of {BLOCK}");
         self.m = m;
         self.k = k;
-        self.qs.clear();
-        self.d.clear();
-        self.s.clear();
-        for block in x.chunks_exact(BLOCK) {
-            let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let scale = amax / 127.0;
-            let inv = if scale == 0.0 { 0.0 } else { 1.0 / scale };
-            let mut sum = 0i32;
-            for v in block {
-                let q = (v * inv).round() as i8;
-                sum += q as i32;
-                self.qs.push(q);
-            }
-            self.d.push(scale);
-            self.s.push(scale * sum as f32);
-        }
+        self.qs.resize(m * k, 0);
+        self.d.resize(m * k / BLOCK, 0.0);
+        self.s.resize(m * k / BLOCK, 0.0);
+        quantize_blocks(x, &mut self.qs, &mut self.d, &mut self.s);
     }
 }

@@ -4,6 +4,8 @@
 //! Jacobi block produce bit-identical predictions to one-token autoregressive steps (candle's
 //! batched matmul and softmax round differently for different shapes, which flips near-ties).
 
+use crate::kernels::simd::{dot8, multiversion, sum8};
+
 /// `q`: (heads, m, hd) for positions `offset..offset + m`; `k`, `v`: (kv_heads, capacity, hd)
 /// cache buffers holding positions `0..offset + m`. Returns (m, heads * hd).
 #[allow(clippy::too_many_arguments)]
@@ -27,7 +29,7 @@ pub fn causal_attention(
         let mut scores = vec![0f32; offset + m];
         head(q, k, v, h, rep, m, hd, capacity, offset, &mut scores, slab);
     };
-    if m * (offset + m) * heads <= 1 << 14 {
+    if m * (offset + m) * heads <= 1 << 11 {
         per_head.chunks_mut(m * hd).enumerate().for_each(one);
     } else {
         per_head.par_chunks_mut(m * hd).enumerate().for_each(one);
@@ -42,61 +44,45 @@ pub fn causal_attention(
     out
 }
 
-#[allow(clippy::too_many_arguments)]
-fn head(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    h: usize,
-    rep: usize,
-    m: usize,
-    hd: usize,
-    capacity: usize,
-    offset: usize,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    let base = (h / rep) * capacity * hd;
-    let scale = 1.0 / (hd as f32).sqrt();
-    for i in 0..m {
-        let len = offset + i + 1;
-        let qrow = &q[(h * m + i) * hd..][..hd];
-        let mut max = f32::NEG_INFINITY;
-        for (j, s) in scores[..len].iter_mut().enumerate() {
-            *s = dot(qrow, &k[base + j * hd..][..hd]) * scale;
-            max = max.max(*s);
-        }
-        let mut sum = 0f32;
-        for s in scores[..len].iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        let inv = 1.0 / sum;
-        let o = &mut out[i * hd..(i + 1) * hd];
-        o.fill(0.0);
-        for (j, &s) in scores[..len].iter().enumerate() {
-            let p = s * inv;
-            for (o, &x) in o.iter_mut().zip(&v[base + j * hd..][..hd]) {
-                *o += p * x;
+multiversion! {
+    /// One head's causal attention for m queries into `out` (m, hd).
+    fn head(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        h: usize,
+        rep: usize,
+        m: usize,
+        hd: usize,
+        capacity: usize,
+        offset: usize,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let base = (h / rep) * capacity * hd;
+        let scale = 1.0 / (hd as f32).sqrt();
+        for i in 0..m {
+            let len = offset + i + 1;
+            let qrow = &q[(h * m + i) * hd..][..hd];
+            let scores = &mut scores[..len];
+            for (j, s) in scores.iter_mut().enumerate() {
+                *s = dot8(qrow, &k[base + j * hd..][..hd]) * scale;
+            }
+            let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+            }
+            let inv = 1.0 / sum8(scores);
+            let o = &mut out[i * hd..(i + 1) * hd];
+            o.fill(0.0);
+            for (j, &s) in scores.iter().enumerate() {
+                let p = s * inv;
+                for (o, &x) in o.iter_mut().zip(&v[base + j * hd..][..hd]) {
+                    *o += p * x;
+                }
             }
         }
     }
-}
-
-/// Dot product with eight fixed partial sums (vectorizes; the order never changes).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for l in 0..8 {
-            acc[l] += a[c * 8 + l] * b[c * 8 + l];
-        }
-    }
-    let mut s = acc.iter().sum::<f32>();
-    for i in chunks * 8..a.len() {
-        s += a[i] * b[i];
-    }
-    s
 }
 
 #[cfg(test)]

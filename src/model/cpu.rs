@@ -15,6 +15,7 @@ use super::kv_cache::KvCache;
 use super::llama::Logits;
 use super::weights::RawTensor;
 use crate::error::{Error, Result};
+use crate::kernels::simd::{multiversion, sum_squares8};
 use crate::kernels::{matmul, QuantActs, QuantMatrix, BLOCK};
 
 #[derive(Debug, Clone)]
@@ -258,13 +259,7 @@ impl CpuLlama {
             );
             acts.quantize(&normed, m, h);
             matmul(&layer.gate_up_proj, &acts, &mut gate_up);
-            for i in 0..m {
-                let row = &gate_up[i * 2 * ff..(i + 1) * 2 * ff];
-                let (g, u) = row.split_at(ff);
-                for (o, (&g, &u)) in act[i * ff..(i + 1) * ff].iter_mut().zip(g.iter().zip(u)) {
-                    *o = g / (1.0 + (-g).exp()) * u;
-                }
-            }
+            swiglu(&gate_up, ff, &mut act);
             acts.quantize(&act, m, ff);
             matmul(&layer.down_proj, &acts, &mut proj);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
@@ -354,14 +349,28 @@ impl CpuLlama {
     }
 }
 
-/// Row-wise RMS norm of `x` (rows, n) times `w`.
-fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let n = w.len();
-    for (row, o) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-        let ms = row.iter().map(|v| v * v).sum::<f32>() / n as f32;
-        let inv = 1.0 / (ms + eps).sqrt();
-        for ((o, &v), &w) in o.iter_mut().zip(row).zip(w) {
-            *o = v * inv * w;
+multiversion! {
+    /// Row-wise RMS norm of `x` (rows, n) times `w`.
+    fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+        let n = w.len();
+        for (row, o) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+            let ms = sum_squares8(row) / n as f32;
+            let inv = 1.0 / (ms + eps).sqrt();
+            for ((o, &v), &w) in o.iter_mut().zip(row).zip(w) {
+                *o = v * inv * w;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `out = silu(gate) * up` for rows laid out as [gate | up].
+    fn swiglu(gate_up: &[f32], ff: usize, out: &mut [f32]) {
+        for (row, o) in gate_up.chunks_exact(2 * ff).zip(out.chunks_exact_mut(ff)) {
+            let (g, u) = row.split_at(ff);
+            for (o, (&g, &u)) in o.iter_mut().zip(g.iter().zip(u)) {
+                *o = g / (1.0 + (-g).exp()) * u;
+            }
         }
     }
 }
