@@ -1,16 +1,17 @@
-//! `out (m, n) = x (m, k) @ w (n, k)^T` on quantized blocks. Output rows of the weight are split
-//! over the thread pool; for each weight row, every block is loaded (and for Q4 unpacked) once
-//! and used for all m activation rows.
+//! `out (m, n) = x (m, k) @ w (n, k)^T` on quantized blocks. Weight rows are split over the
+//! thread pool. Each weight row is unpacked once, then each four-value chunk of it is broadcast
+//! against a vector holding that chunk for eight activation rows ([`QuantActs`]' layout): one
+//! multiply gives eight rows' partial sums, and each vector lane is one row from start to end.
+//! A pass over eight rows therefore costs what a pass over one row costs, and a row's result
+//! never depends on which other rows share the call.
 
 use rayon::prelude::*;
 
-use super::quant::{QuantActs, QuantMatrix, BLOCK};
+use super::quant::{QuantActs, QuantMatrix, BLOCK, ROWS};
+use super::simd::multiversion;
 
 /// Weight rows per task: small enough to balance two threads, large enough to amortise.
 const ROWS_PER_TASK: usize = 32;
-
-/// Activation rows handled against one unpacked weight row at a time.
-const MAX_ROWS: usize = 64;
 
 /// Writes through a raw pointer from several threads; each (r, o) is written by exactly one.
 #[derive(Clone, Copy)]
@@ -25,22 +26,55 @@ pub fn matmul(w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
     assert_eq!(out.len(), m * n);
     let ptr = OutPtr(out.as_mut_ptr());
     let tasks = n.div_ceil(ROWS_PER_TASK);
+    let avx2 = super::simd::has_avx2();
     let run = |t: usize| {
         let ptr = ptr;
-        let mut res = [0f32; MAX_ROWS];
-        for o in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
-            let mut r = 0;
-            while r < m {
-                let rows = (m - r).min(MAX_ROWS);
-                row_block(w, x, o, r, rows, &mut res);
-                for i in 0..rows {
-                    // SAFETY: (r + i, o) is in bounds and owned by this task.
-                    unsafe { *ptr.0.add((r + i) * n + o) = res[i] };
+        let (start, end) = (t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(n));
+        #[cfg(target_arch = "x86_64")]
+        if avx2 && m == 1 {
+            let mut four = [0f32; 4];
+            let mut o = start;
+            while o < end {
+                let r = (end - o).min(4);
+                // SAFETY: AVX2 and FMA were detected; rows o..o + r are in bounds.
+                unsafe {
+                    match r {
+                        4 => avx2::row1::<4>(w, x, o, &mut four),
+                        3 => avx2::row1::<3>(w, x, o, &mut four),
+                        2 => avx2::row1::<2>(w, x, o, &mut four),
+                        _ => avx2::row1::<1>(w, x, o, &mut four),
+                    }
                 }
-                r += rows;
+                for i in 0..r {
+                    // SAFETY: (0, o + i) is owned by this task.
+                    unsafe { *ptr.0.add(o + i) = four[i] };
+                }
+                o += r;
+            }
+            return;
+        }
+        let mut unpacked = vec![0u8; k];
+        let mut res = [0f32; ROWS];
+        for o in start..end {
+            unpack_row(w, o, &mut unpacked);
+            for g in 0..x.groups() {
+                #[cfg(target_arch = "x86_64")]
+                if avx2 {
+                    // SAFETY: AVX2 and FMA were detected.
+                    unsafe { avx2::rows8(w, x, o, g, &unpacked, &mut res) };
+                } else {
+                    rows8_scalar(w, x, o, g, &unpacked, &mut res);
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                rows8_scalar(w, x, o, g, &unpacked, &mut res);
+                for (lane, &v) in res.iter().enumerate().take(m - g * ROWS) {
+                    // SAFETY: (g * ROWS + lane, o) is in bounds and owned by this task.
+                    unsafe { *ptr.0.add((g * ROWS + lane) * n + o) = v };
+                }
             }
         }
     };
+    let _ = avx2;
     if tasks > 1 && m * n * k >= 1 << 16 {
         (0..tasks).into_par_iter().for_each(run);
     } else {
@@ -48,237 +82,217 @@ pub fn matmul(w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
     }
 }
 
-/// Dot products of weight row `o` with activation rows `r0..r0 + rows` (rows <= MAX_ROWS).
-fn row_block(
-    w: &QuantMatrix,
-    x: &QuantActs,
-    o: usize,
-    r0: usize,
-    rows: usize,
-    res: &mut [f32; MAX_ROWS],
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were just detected.
-            unsafe { avx2::row_block(w, x, o, r0, rows, res) };
-            return;
+/// Weight row `o` as one code byte per value: Q4 codes 0..16, or Q8 codes as their bits.
+fn unpack_row(w: &QuantMatrix, o: usize, out: &mut [u8]) {
+    let k = out.len();
+    match w {
+        QuantMatrix::Q4 { qs, .. } => unpack_q4(&qs[o * k / 2..(o + 1) * k / 2], out),
+        QuantMatrix::Q8 { qs, .. } => {
+            for (o, &q) in out.iter_mut().zip(&qs[o * k..(o + 1) * k]) {
+                *o = q as u8;
+            }
         }
-    }
-    for i in 0..rows {
-        res[i] = scalar_dot(w, x, o, r0 + i);
     }
 }
 
-/// Portable kernel: exact integer block sums, scaled and accumulated in block order.
-fn scalar_dot(w: &QuantMatrix, x: &QuantActs, o: usize, r: usize) -> f32 {
+multiversion! {
+    fn unpack_q4(row: &[u8], out: &mut [u8]) {
+        for (bytes, vals) in row.chunks_exact(16).zip(out.chunks_exact_mut(BLOCK)) {
+            let (lo, hi) = vals.split_at_mut(16);
+            for ((l, h), &b) in lo.iter_mut().zip(hi.iter_mut()).zip(bytes) {
+                *l = b & 0x0F;
+                *h = b >> 4;
+            }
+        }
+    }
+}
+
+/// Portable kernel with the same per-row arithmetic order as the AVX2 one: exact integer block
+/// sums, then per block `acc += isum * (dw * dx)` and (Q4) `offset += m * s`.
+fn rows8_scalar(
+    w: &QuantMatrix,
+    x: &QuantActs,
+    o: usize,
+    g: usize,
+    wq: &[u8],
+    res: &mut [f32; ROWS],
+) {
     let k = x.k;
     let nb = k / BLOCK;
-    let xq = &x.qs[r * k..(r + 1) * k];
-    let mut acc = 0f32;
-    match w {
-        QuantMatrix::Q4 { qs, d, m, .. } => {
-            let mut offset = 0f32;
-            for b in 0..nb {
-                let bytes = &qs[(o * nb + b) * 16..][..16];
-                let xb = &xq[b * BLOCK..][..BLOCK];
-                let mut isum = 0i32;
-                for j in 0..16 {
-                    isum += (bytes[j] & 0x0F) as i32 * xb[j] as i32;
-                    isum += (bytes[j] >> 4) as i32 * xb[j + 16] as i32;
-                }
-                acc += isum as f32 * (d[o * nb + b] * x.d[r * nb + b]);
-                offset += m[o * nb + b] * x.s[r * nb + b];
-            }
-            acc + offset
+    for lane in 0..ROWS {
+        let r = g * ROWS + lane;
+        if r >= x.m {
+            res[lane] = 0.0;
+            continue;
         }
-        QuantMatrix::Q8 { qs, d, .. } => {
-            for b in 0..nb {
-                let wb = &qs[(o * nb + b) * BLOCK..][..BLOCK];
-                let xb = &xq[b * BLOCK..][..BLOCK];
-                let isum: i32 = wb.iter().zip(xb).map(|(&a, &b)| a as i32 * b as i32).sum();
-                acc += isum as f32 * (d[o * nb + b] * x.d[r * nb + b]);
+        let (mut acc, mut offset) = (0f32, 0f32);
+        for b in 0..nb {
+            let mut isum = 0i32;
+            for j in 0..BLOCK {
+                let wv = match w {
+                    QuantMatrix::Q4 { .. } => wq[b * BLOCK + j] as i32,
+                    QuantMatrix::Q8 { .. } => wq[b * BLOCK + j] as i8 as i32,
+                };
+                isum += wv * x.code(r, b * BLOCK + j) as i32;
             }
-            acc
+            let (dw, mw) = match w {
+                QuantMatrix::Q4 { d, m, .. } => (d[o * nb + b], m[o * nb + b]),
+                QuantMatrix::Q8 { d, .. } => (d[o * nb + b], 0.0),
+            };
+            acc += isum as f32 * (dw * x.scale(r, b));
+            offset += mw * x.scaled_sum(r, b);
         }
+        res[lane] = acc + offset;
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
-    use std::mem::MaybeUninit;
 
-    use super::super::quant::{QuantActs, QuantMatrix, BLOCK};
+    use super::super::quant::{QuantActs, QuantMatrix, BLOCK, ROWS};
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
+    unsafe fn hsum_epi32(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        _mm_cvtsi128_si32(s)
     }
 
-    /// Dot product of two f32 runs with eight lanes (fixed order).
-    #[inline]
+    /// Weight row `o` against the only activation row (m == 1), straight from the packed
+    /// weights. The integer block sums are exact however they are computed, and the float steps
+    /// per block are the ones `rows8` does in each lane (`acc = fma(isum, dw * dx, acc)`,
+    /// `offset = fma(m, s, offset)`, then `acc + offset`), so the result is bit-identical to
+    /// that row's lane in a many-row call.
+    /// `R` consecutive weight rows from `o`, each with its own chains (independent chains
+    /// hide the multiply-add latency).
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot(a: *const f32, b: *const f32, n: usize) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        let mut i = 0;
-        while i + 8 <= n {
-            acc = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)), acc);
-            i += 8;
-        }
-        let mut s = hsum(acc);
-        while i < n {
-            s += *a.add(i) * *b.add(i);
-            i += 1;
-        }
-        s
-    }
-
-    /// Sums the eight i32 lanes of each of `p[0..8]`: lane j of the result is the sum of p[j].
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn reduce8(p: &[__m256i; 8]) -> __m256i {
-        let t0 = _mm256_hadd_epi32(p[0], p[1]);
-        let t1 = _mm256_hadd_epi32(p[2], p[3]);
-        let t2 = _mm256_hadd_epi32(p[4], p[5]);
-        let t3 = _mm256_hadd_epi32(p[6], p[7]);
-        let u0 = _mm256_hadd_epi32(t0, t1);
-        let u1 = _mm256_hadd_epi32(t2, t3);
-        _mm256_add_epi32(
-            _mm256_permute2x128_si256(u0, u1, 0x20),
-            _mm256_permute2x128_si256(u0, u1, 0x31),
-        )
-    }
-
-    /// A Q4 block's 32 codes as bytes in value order.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn unpack_q4(p: *const u8) -> __m256i {
-        let raw = _mm_loadu_si128(p as *const __m128i);
-        let mask = _mm_set1_epi8(0x0F);
-        _mm256_set_m128i(
-            _mm_and_si128(_mm_srli_epi16(raw, 4), mask),
-            _mm_and_si128(raw, mask),
-        )
-    }
-
-    /// Weight block `b` (global index) as unsigned bytes for maddubs, plus (Q8) its signs.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn load(w: &QuantMatrix, b: usize) -> (__m256i, __m256i) {
-        match w {
-            QuantMatrix::Q4 { qs, .. } => {
-                (unpack_q4(qs.as_ptr().add(b * 16)), _mm256_setzero_si256())
-            }
-            QuantMatrix::Q8 { qs, .. } => {
-                let v = _mm256_loadu_si256(qs.as_ptr().add(b * BLOCK) as *const __m256i);
-                (_mm256_sign_epi8(v, v), v)
-            }
-        }
-    }
-
-    /// The eight pairwise i32 sums of one block's 32 products.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn prod(is_q4: bool, wu: __m256i, ws: __m256i, xv: __m256i, ones: __m256i) -> __m256i {
-        let xv = if is_q4 { xv } else { _mm256_sign_epi8(xv, ws) };
-        _mm256_madd_epi16(_mm256_maddubs_epi16(wu, xv), ones)
-    }
-
-    /// `rows` activation rows against one weight row. Blocks go in groups of eight: the eight
-    /// integer block sums of a row are reduced into one vector and scaled with one multiply-add,
-    /// which is what keeps a many-row call cheap. Each row has its own accumulators and the same
-    /// instruction sequence whatever `rows` is, so its result does not depend on the batch.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn row_block(
+    pub unsafe fn row1<const R: usize>(
         w: &QuantMatrix,
         x: &QuantActs,
         o: usize,
-        r0: usize,
-        rows: usize,
-        res: &mut [f32; super::MAX_ROWS],
+        out: &mut [f32; 4],
     ) {
-        let k = x.k;
-        let nb = k / BLOCK;
-        let groups = nb / 8;
+        let nb = x.k / BLOCK;
         let ones = _mm256_set1_epi16(1);
-        // Only the first `rows` entries are used; zeroing all of them per call would cost more
-        // than a one-row matmul.
-        let mut acc = [const { MaybeUninit::<__m256>::uninit() }; super::MAX_ROWS];
-        let mut tail = [const { MaybeUninit::<__m256>::uninit() }; super::MAX_ROWS];
-        for r in 0..rows {
-            acc[r].write(_mm256_setzero_ps());
-            tail[r].write(_mm256_setzero_ps());
-        }
-        let xq = x.qs.as_ptr();
-        let xd = x.d.as_ptr();
-        // Unsigned weight bytes for maddubs, and for Q8 the signs to move onto x.
-        let mut wu = [_mm256_setzero_si256(); 8];
-        let mut ws = [_mm256_setzero_si256(); 8];
-        let (is_q4, d) = match w {
-            QuantMatrix::Q4 { d, .. } => (true, d.as_ptr().add(o * nb)),
-            QuantMatrix::Q8 { d, .. } => (false, d.as_ptr().add(o * nb)),
-        };
-        for g in 0..groups {
-            for j in 0..8 {
-                (wu[j], ws[j]) = load(w, o * nb + g * 8 + j);
+        let xr = x.row.as_ptr();
+        let mut acc = [0f32; R];
+        let mut offset = [0f32; R];
+        match w {
+            QuantMatrix::Q4 { qs, d, m, .. } => {
+                let mask = _mm_set1_epi8(0x0F);
+                for b in 0..nb {
+                    let xv = _mm256_loadu_si256(xr.add(b * BLOCK) as *const __m256i);
+                    let (dx, sx) = (*x.d.get_unchecked(b * ROWS), *x.s.get_unchecked(b * ROWS));
+                    for r in 0..R {
+                        let blk = (o + r) * nb + b;
+                        _mm_prefetch::<_MM_HINT_T0>(qs.as_ptr().add((blk + 8) * 16) as *const i8);
+                        let raw = _mm_loadu_si128(qs.as_ptr().add(blk * 16) as *const __m128i);
+                        let wv = _mm256_set_m128i(
+                            _mm_and_si128(_mm_srli_epi16(raw, 4), mask),
+                            _mm_and_si128(raw, mask),
+                        );
+                        let isum =
+                            hsum_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones));
+                        acc[r] = (isum as f32).mul_add(*d.get_unchecked(blk) * dx, acc[r]);
+                        offset[r] = m.get_unchecked(blk).mul_add(sx, offset[r]);
+                    }
+                }
             }
-            let dw = _mm256_loadu_ps(d.add(g * 8));
-            for r in 0..rows {
-                let row = r0 + r;
-                let xp = xq.add(row * k + g * 8 * BLOCK);
-                let mut p = [_mm256_setzero_si256(); 8];
-                for j in 0..8 {
-                    p[j] = prod(
-                        is_q4,
-                        wu[j],
-                        ws[j],
-                        _mm256_loadu_si256(xp.add(j * BLOCK) as *const __m256i),
-                        ones,
+            QuantMatrix::Q8 { qs, d, .. } => {
+                for b in 0..nb {
+                    let xv = _mm256_loadu_si256(xr.add(b * BLOCK) as *const __m256i);
+                    let dx = *x.d.get_unchecked(b * ROWS);
+                    for r in 0..R {
+                        let blk = (o + r) * nb + b;
+                        _mm_prefetch::<_MM_HINT_T0>(qs.as_ptr().add((blk + 4) * BLOCK) as *const i8);
+                        let wv = _mm256_loadu_si256(qs.as_ptr().add(blk * BLOCK) as *const __m256i);
+                        let p = _mm256_maddubs_epi16(
+                            _mm256_sign_epi8(wv, wv),
+                            _mm256_sign_epi8(xv, wv),
+                        );
+                        let isum = hsum_epi32(_mm256_madd_epi16(p, ones));
+                        acc[r] = (isum as f32).mul_add(*d.get_unchecked(blk) * dx, acc[r]);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            out[r] = acc[r] + offset[r];
+        }
+    }
+
+    /// Weight row `o` (unpacked codes `wq`) against activation rows `g*8..g*8+8`; lane r of
+    /// every vector belongs to row g*8+r.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn rows8(
+        w: &QuantMatrix,
+        x: &QuantActs,
+        o: usize,
+        g: usize,
+        wq: &[u8],
+        res: &mut [f32; ROWS],
+    ) {
+        let nb = x.k / BLOCK;
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        let mut offset = _mm256_setzero_ps();
+        let wp = wq.as_ptr();
+        match w {
+            QuantMatrix::Q4 { d, m, .. } => {
+                for b in 0..nb {
+                    let xb = x.qs.as_ptr().add((g * nb + b) * ROWS * BLOCK);
+                    // Q4 codes are < 16, so eight chunks of pair sums fit in i16.
+                    let mut s16 = _mm256_setzero_si256();
+                    for c in 0..8 {
+                        let wc = _mm256_set1_epi32(
+                            (wp.add(b * BLOCK + c * 4) as *const i32).read_unaligned(),
+                        );
+                        let xv = _mm256_loadu_si256(xb.add(c * ROWS * 4) as *const __m256i);
+                        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(wc, xv));
+                    }
+                    let isum = _mm256_madd_epi16(s16, ones);
+                    let at = (g * nb + b) * ROWS;
+                    let scale = _mm256_mul_ps(
+                        _mm256_set1_ps(*d.get_unchecked(o * nb + b)),
+                        _mm256_loadu_ps(x.d.as_ptr().add(at)),
+                    );
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc);
+                    offset = _mm256_fmadd_ps(
+                        _mm256_set1_ps(*m.get_unchecked(o * nb + b)),
+                        _mm256_loadu_ps(x.s.as_ptr().add(at)),
+                        offset,
                     );
                 }
-                let scale = _mm256_mul_ps(dw, _mm256_loadu_ps(xd.add(row * nb + g * 8)));
-                acc[r].write(_mm256_fmadd_ps(
-                    _mm256_cvtepi32_ps(reduce8(&p)),
-                    scale,
-                    acc[r].assume_init(),
-                ));
             }
-        }
-        for b in groups * 8..nb {
-            let (u, sg) = load(w, o * nb + b);
-            let dw = *d.add(b);
-            for r in 0..rows {
-                let row = r0 + r;
-                let p = prod(
-                    is_q4,
-                    u,
-                    sg,
-                    _mm256_loadu_si256(xq.add(row * k + b * BLOCK) as *const __m256i),
-                    ones,
-                );
-                let scale = _mm256_set1_ps(dw * *xd.add(row * nb + b));
-                tail[r].write(_mm256_fmadd_ps(
-                    _mm256_cvtepi32_ps(p),
-                    scale,
-                    tail[r].assume_init(),
-                ));
-            }
-        }
-        for r in 0..rows {
-            let row = r0 + r;
-            let offset = match w {
-                QuantMatrix::Q4 { m, .. } => {
-                    dot(m.as_ptr().add(o * nb), x.s.as_ptr().add(row * nb), nb)
+            QuantMatrix::Q8 { d, .. } => {
+                for b in 0..nb {
+                    let xb = x.qs.as_ptr().add((g * nb + b) * ROWS * BLOCK);
+                    let mut isum = _mm256_setzero_si256();
+                    for c in 0..8 {
+                        let wc = _mm256_set1_epi32(
+                            (wp.add(b * BLOCK + c * 4) as *const i32).read_unaligned(),
+                        );
+                        let xv = _mm256_loadu_si256(xb.add(c * ROWS * 4) as *const __m256i);
+                        // maddubs multiplies unsigned by signed: move w's sign onto x.
+                        let p = _mm256_maddubs_epi16(
+                            _mm256_sign_epi8(wc, wc),
+                            _mm256_sign_epi8(xv, wc),
+                        );
+                        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, ones));
+                    }
+                    let at = (g * nb + b) * ROWS;
+                    let scale = _mm256_mul_ps(
+                        _mm256_set1_ps(*d.get_unchecked(o * nb + b)),
+                        _mm256_loadu_ps(x.d.as_ptr().add(at)),
+                    );
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc);
                 }
-                QuantMatrix::Q8 { .. } => 0.0,
-            };
-            res[r] = hsum(acc[r].assume_init()) + hsum(tail[r].assume_init()) + offset;
+            }
         }
+        _mm256_storeu_ps(res.as_mut_ptr(), _mm256_add_ps(acc, offset));
     }
 }
 
@@ -286,9 +300,8 @@ mod avx2 {
 pub fn matmul_reference(w: &QuantMatrix, x: &QuantActs) -> Vec<f32> {
     let (n, k) = w.dims();
     let wf = w.dequantize();
-    let nb = k / BLOCK;
     let xf: Vec<f64> = (0..x.m * k)
-        .map(|i| x.qs[i] as f64 * x.d[(i / k) * nb + (i % k) / BLOCK] as f64)
+        .map(|i| x.code(i / k, i % k) as f64 * x.scale(i / k, (i % k) / BLOCK) as f64)
         .collect();
     let mut out = vec![0f32; x.m * n];
     for r in 0..x.m {
@@ -328,14 +341,17 @@ mod tests {
         }
     }
 
-    fn acts(m: usize, k: usize, seed: u64) -> QuantActs {
+    fn raw_acts(m: usize, k: usize, seed: u64) -> Vec<f32> {
         let mut r = rng(seed);
         // Outliers in a few channels, like real activations.
-        let x: Vec<f32> = (0..m * k)
+        (0..m * k)
             .map(|i| r() * if i % 37 == 0 { 40.0 } else { 2.0 })
-            .collect();
+            .collect()
+    }
+
+    fn acts(m: usize, k: usize, seed: u64) -> QuantActs {
         let mut a = QuantActs::default();
-        a.quantize(&x, m, k);
+        a.quantize(&raw_acts(m, k, seed), m, k);
         a
     }
 
@@ -380,19 +396,30 @@ mod tests {
             q4(n, k, 3),
             QuantMatrix::quantize_q8(n, k, &q4(n, k, 4).dequantize()),
         ] {
-            let x = acts(m, k, 9);
+            let raw = raw_acts(m, k, 9);
+            let mut x = QuantActs::default();
+            x.quantize(&raw, m, k);
             let mut all = vec![0f32; m * n];
             matmul(&w, &x, &mut all);
             for r in 0..m {
                 let mut one = QuantActs::default();
-                one.m = 1;
-                one.k = k;
-                one.qs = x.qs[r * k..(r + 1) * k].to_vec();
-                one.d = x.d[r * k / BLOCK..(r + 1) * k / BLOCK].to_vec();
-                one.s = x.s[r * k / BLOCK..(r + 1) * k / BLOCK].to_vec();
+                one.quantize(&raw[r * k..(r + 1) * k], 1, k);
                 let mut out = vec![0f32; n];
                 matmul(&w, &one, &mut out);
                 assert_eq!(&out[..], &all[r * n..(r + 1) * n], "row {r}");
+            }
+            // And against the portable kernel's arithmetic order, row by row.
+            let mut scalar = [0f32; ROWS];
+            let mut wq = vec![0u8; k];
+            unpack_row(&w, 7, &mut wq);
+            rows8_scalar(&w, &x, 7, 1, &wq, &mut scalar);
+            for lane in 0..ROWS.min(m - ROWS) {
+                let a = all[(ROWS + lane) * n + 7];
+                assert!(
+                    (scalar[lane] - a).abs() <= 1e-4 * a.abs().max(1.0),
+                    "{} vs {a}",
+                    scalar[lane]
+                );
             }
         }
     }

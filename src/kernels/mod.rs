@@ -11,4 +11,4 @@ mod quant;
 pub(crate) mod simd;
 
 pub use matmul::{matmul, matmul_reference};
-pub use quant::{QuantActs, QuantMatrix, BLOCK};
+pub use quant::{QuantActs, QuantMatrix, BLOCK, ROWS};

@@ -150,32 +150,49 @@ impl QuantMatrix {
     }
 }
 
+/// Activation rows are processed in groups of this many, one per vector lane.
+pub const ROWS: usize = 8;
+
 multiversion! {
-    fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
-        for (((block, q), d), s) in x.chunks_exact(BLOCK).zip(qs.chunks_exact_mut(BLOCK)).zip(d.iter_mut()).zip(s.iter_mut()) {
-            let scale = amax8(block) / 127.0;
-            let inv = if scale == 0.0 { 0.0 } else { 1.0 / scale };
-            let mut sum = 0i32;
-            for (q, v) in q.iter_mut().zip(block) {
-                *q = (v * inv).round() as i8;
-                sum += *q as i32;
+    /// Quantizes rows `x` (m, k) into the interleaved layout of [`QuantActs`].
+    fn quantize_rows(x: &[f32], k: usize, qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+        let nb = k / BLOCK;
+        for (r, row) in x.chunks_exact(k).enumerate() {
+            let (g, lane) = (r / ROWS, r % ROWS);
+            for (b, block) in row.chunks_exact(BLOCK).enumerate() {
+                let scale = amax8(block) / 127.0;
+                let inv = if scale == 0.0 { 0.0 } else { 1.0 / scale };
+                let mut sum = 0i32;
+                let base = (g * nb + b) * ROWS * BLOCK;
+                for (j, v) in block.iter().enumerate() {
+                    let q = (v * inv).round() as i8;
+                    sum += q as i32;
+                    qs[base + (j / 4) * ROWS * 4 + lane * 4 + j % 4] = q;
+                }
+                d[(g * nb + b) * ROWS + lane] = scale;
+                s[(g * nb + b) * ROWS + lane] = scale * sum as f32;
             }
-            *d = scale;
-            *s = scale * sum as f32;
         }
     }
 }
 
-/// m rows of activations quantized for a matmul with a (n, k) weight.
+/// m rows of activations quantized to int8 per 32 values, for a matmul with a (n, k) weight.
+///
+/// Rows are interleaved in groups of [`ROWS`] so that one 32-byte vector holds the same four
+/// consecutive values of eight rows: a weight chunk broadcast against it gives all eight rows'
+/// partial dot products at once. Rows past `m` in the last group are zero.
 #[derive(Debug, Clone, Default)]
 pub struct QuantActs {
     pub m: usize,
     pub k: usize,
+    /// [group][block][chunk of 4 values][row in group][4 codes]
     pub qs: Vec<i8>,
-    /// Scale per block.
+    /// Scale per (group, block, row in group).
     pub d: Vec<f32>,
-    /// `d * sum(codes)` per block: the activation sum that multiplies a Q4 block's offset.
+    /// `d * sum(codes)` per (group, block, row): what multiplies a Q4 block's offset.
     pub s: Vec<f32>,
+    /// When m == 1: the row's codes in natural order, for the one-row kernel.
+    pub row: Vec<i8>,
 }
 
 impl QuantActs {
@@ -185,9 +202,42 @@ impl QuantActs {
         assert_eq!(k % BLOCK, 0, "k must be a multiple of {BLOCK}");
         self.m = m;
         self.k = k;
-        self.qs.resize(m * k, 0);
-        self.d.resize(m * k / BLOCK, 0.0);
-        self.s.resize(m * k / BLOCK, 0.0);
-        quantize_blocks(x, &mut self.qs, &mut self.d, &mut self.s);
+        let groups = m.div_ceil(ROWS);
+        self.qs.clear();
+        self.qs.resize(groups * ROWS * k, 0);
+        self.d.clear();
+        self.d.resize(groups * ROWS * k / BLOCK, 0.0);
+        self.s.clear();
+        self.s.resize(groups * ROWS * k / BLOCK, 0.0);
+        quantize_rows(x, k, &mut self.qs, &mut self.d, &mut self.s);
+        self.row.clear();
+        if m == 1 {
+            self.row.extend((0..k).map(|j| {
+                self.qs[(j / BLOCK) * ROWS * BLOCK + ((j % BLOCK) / 4) * ROWS * 4 + j % 4]
+            }));
+        }
+    }
+
+    pub fn groups(&self) -> usize {
+        self.m.div_ceil(ROWS)
+    }
+
+    /// Code of value `j` of row `r`.
+    pub fn code(&self, r: usize, j: usize) -> i8 {
+        let nb = self.k / BLOCK;
+        let (g, lane, b, jj) = (r / ROWS, r % ROWS, j / BLOCK, j % BLOCK);
+        self.qs[(g * nb + b) * ROWS * BLOCK + (jj / 4) * ROWS * 4 + lane * 4 + jj % 4]
+    }
+
+    /// Scale of block `b` of row `r`.
+    pub fn scale(&self, r: usize, b: usize) -> f32 {
+        let nb = self.k / BLOCK;
+        self.d[((r / ROWS) * nb + b) * ROWS + r % ROWS]
+    }
+
+    /// `scale * sum(codes)` of block `b` of row `r`.
+    pub fn scaled_sum(&self, r: usize, b: usize) -> f32 {
+        let nb = self.k / BLOCK;
+        self.s[((r / ROWS) * nb + b) * ROWS + r % ROWS]
     }
 }
