@@ -6,9 +6,11 @@
 //! Every output `(r, o)` is computed by the same instruction sequence whatever m is, so a block
 //! of tokens gets bit-identical results to one-token steps: Jacobi stays lossless.
 
+mod attention;
 mod matmul;
 mod quant;
 pub(crate) mod simd;
 
+pub use attention::causal_attention;
 pub use matmul::{matmul, matmul_reference};
 pub use quant::{QuantActs, QuantMatrix, BLOCK, ROWS};

@@ -60,6 +60,34 @@ pub fn dot8(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// Four dot products of `a` with `b0..b3`, each computed exactly as [`dot8`] computes it (same
+/// lanes, same order); interleaving four independent chains hides the multiply-add latency.
+#[inline(always)]
+pub fn dot8x4(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+    let n = a.len();
+    let b = b.map(|b| &b[..n]);
+    let mut acc = [[0f32; 8]; 4];
+    let chunks = n / 8;
+    for c in 0..chunks {
+        let x = &a[c * 8..c * 8 + 8];
+        for (acc, b) in acc.iter_mut().zip(&b) {
+            let y = &b[c * 8..c * 8 + 8];
+            for l in 0..8 {
+                acc[l] += x[l] * y[l];
+            }
+        }
+    }
+    let mut out = [0f32; 4];
+    for i in 0..4 {
+        let mut s = sum_lanes(acc[i]);
+        for j in chunks * 8..n {
+            s += a[j] * b[i][j];
+        }
+        out[i] = s;
+    }
+    out
+}
+
 #[inline(always)]
 pub fn sum8(a: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
@@ -100,7 +128,61 @@ pub fn amax8(a: &[f32]) -> f32 {
     m
 }
 
+/// e^x for x <= 0 (softmax after subtracting the max), branch-free so it vectorizes: 2^n times a
+/// degree-6 polynomial on the reduced argument; relative error below 2e-7. libm's `expf` is a
+/// call per element and was most of the attention time.
+#[inline(always)]
+pub fn exp_neg(x: f32) -> f32 {
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    // Cody-Waite: ln 2 in two parts keeps the reduction exact enough.
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    p * scale
+}
+
 #[inline(always)]
 fn sum_lanes(acc: [f32; 8]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_neg_is_accurate() {
+        for i in 0..19_300 {
+            let x = -(i as f32) * 0.0045;
+            let (got, want) = (exp_neg(x), (x as f64).exp());
+            assert!(
+                ((got as f64) - want).abs() <= 3e-7 * want + 1e-38,
+                "{x}: {got} vs {want}"
+            );
+        }
+        // Below -87 it clamps: e^-87 is 1.6e-38, nothing next to the softmax's max term of 1.
+        assert!(exp_neg(f32::NEG_INFINITY) < 2e-38);
+    }
+
+    #[test]
+    fn four_dots_at_once_equal_four_single_dots_bit_for_bit() {
+        for n in [1, 7, 8, 64, 67] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let bs: Vec<Vec<f32>> = (0..4)
+                .map(|t| (0..n).map(|i| ((i + t) as f32 * 0.91).cos()).collect())
+                .collect();
+            let four = dot8x4(&a, [&bs[0], &bs[1], &bs[2], &bs[3]]);
+            for t in 0..4 {
+                assert_eq!(
+                    four[t].to_bits(),
+                    dot8(&a, &bs[t]).to_bits(),
+                    "n {n}, t {t}"
+                );
+            }
+        }
+    }
 }

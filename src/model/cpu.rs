@@ -245,7 +245,7 @@ impl CpuLlama {
                     v_cache[at..at + hd].copy_from_slice(&vr[head * hd..(head + 1) * hd]);
                 }
             }
-            let att = super::attention_cpu::causal_attention(
+            let att = crate::kernels::causal_attention(
                 &q, k_cache, v_cache, nh, nkv, m, hd, capacity, offset,
             );
             acts.quantize(&att, m, q_dim);

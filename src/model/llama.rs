@@ -254,9 +254,7 @@ impl Llama {
             let offset = k.dim(2)? - m;
             let out = with_cpu_slice(kbuf, |ks| {
                 with_cpu_slice(vbuf, |vs| {
-                    super::attention_cpu::causal_attention(
-                        &q, ks, vs, nh, nkv, m, hd, capacity, offset,
-                    )
+                    crate::kernels::causal_attention(&q, ks, vs, nh, nkv, m, hd, capacity, offset)
                 })
             })??;
             Tensor::from_vec(out, (m, nh * hd), &self.device)?

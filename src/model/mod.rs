@@ -1,6 +1,5 @@
 //! The llama-family transformer and how its weights get on and off disk.
 
-mod attention_cpu;
 pub mod config;
 pub mod cpu;
 pub mod kv_cache;

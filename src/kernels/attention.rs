@@ -4,7 +4,7 @@
 //! Jacobi block produce bit-identical predictions to one-token autoregressive steps (candle's
 //! batched matmul and softmax round differently for different shapes, which flips near-ties).
 
-use crate::kernels::simd::{dot8, multiversion, sum8};
+use crate::kernels::simd::{dot8, dot8x4, exp_neg, multiversion, sum8};
 
 /// `q`: (heads, m, hd) for positions `offset..offset + m`; `k`, `v`: (kv_heads, capacity, hd)
 /// cache buffers holding positions `0..offset + m`. Returns (m, heads * hd).
@@ -65,12 +65,20 @@ multiversion! {
             let len = offset + i + 1;
             let qrow = &q[(h * m + i) * hd..][..hd];
             let scores = &mut scores[..len];
-            for (j, s) in scores.iter_mut().enumerate() {
-                *s = dot8(qrow, &k[base + j * hd..][..hd]) * scale;
+            let quads = len / 4 * 4;
+            for j in (0..quads).step_by(4) {
+                let key = |t: usize| &k[base + (j + t) * hd..][..hd];
+                let d = dot8x4(qrow, [key(0), key(1), key(2), key(3)]);
+                for t in 0..4 {
+                    scores[j + t] = d[t] * scale;
+                }
+            }
+            for j in quads..len {
+                scores[j] = dot8(qrow, &k[base + j * hd..][..hd]) * scale;
             }
             let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
             for s in scores.iter_mut() {
-                *s = (*s - max).exp();
+                *s = exp_neg(*s - max);
             }
             let inv = 1.0 / sum8(scores);
             let o = &mut out[i * hd..(i + 1) * hd];

@@ -1,0 +1,84 @@
+//! Micro-benchmarks of the CPU kernels at SmolLM2-135M's shapes: the quantized matmul per
+//! number of activation rows m (the cost curve Jacobi decoding lives on), activation
+//! quantization, and attention over a 256-token cache. `cargo bench --bench kernels`
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use fixpoint::kernels::{matmul, QuantActs, QuantMatrix};
+
+fn weights(n: usize, k: usize, q4: bool) -> QuantMatrix {
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 5000.0)
+        .collect();
+    let q8 = QuantMatrix::quantize_q8(n, k, &w);
+    match (q4, q8) {
+        (true, QuantMatrix::Q8 { n, k, qs, d }) => QuantMatrix::Q4 {
+            n,
+            k,
+            qs: qs.iter().take(n * k / 2).map(|&x| x as u8).collect(),
+            m: d.iter().map(|v| -v).collect(),
+            d,
+        },
+        (_, q) => q,
+    }
+}
+
+fn acts(m: usize, k: usize) -> QuantActs {
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| ((i % 17) as f32 - 8.0) * if i % 37 == 0 { 10.0 } else { 1.0 })
+        .collect();
+    let mut a = QuantActs::default();
+    a.quantize(&x, m, k);
+    a
+}
+
+fn matmul_rows(c: &mut Criterion) {
+    // gate+up projection (Q4_1 in the default model) and the tied LM head (Q8_0).
+    for (name, n, k, q4) in [
+        ("gate_up_q4", 3072, 576, true),
+        ("down_q4", 576, 1536, true),
+        ("lm_head_q8", 49152, 576, false),
+    ] {
+        let w = weights(n, k, q4);
+        let mut group = c.benchmark_group(format!("matmul/{name}"));
+        group.sample_size(20);
+        for m in [1, 2, 4, 8, 16, 32] {
+            let x = acts(m, k);
+            let mut out = vec![0f32; m * n];
+            group.throughput(Throughput::Elements((n * k) as u64));
+            group.bench_with_input(BenchmarkId::from_parameter(m), &m, |b, _| {
+                b.iter(|| matmul(&w, &x, &mut out))
+            });
+        }
+        group.finish();
+    }
+}
+
+fn quantize(c: &mut Criterion) {
+    let x: Vec<f32> = (0..16 * 1536).map(|i| (i % 13) as f32 - 6.0).collect();
+    let mut a = QuantActs::default();
+    c.bench_function("quantize_acts/16x1536", |b| {
+        b.iter(|| a.quantize(&x, 16, 1536))
+    });
+}
+
+fn attention(c: &mut Criterion) {
+    let (nh, nkv, hd, cap, offset) = (9, 3, 64, 512, 256);
+    let k: Vec<f32> = (0..nkv * cap * hd)
+        .map(|i| ((i % 29) as f32 - 14.0) / 14.0)
+        .collect();
+    let v = k.clone();
+    let mut group = c.benchmark_group("attention/cache256");
+    group.sample_size(30);
+    for m in [1, 8, 16] {
+        let q: Vec<f32> = (0..nh * m * hd)
+            .map(|i| ((i % 31) as f32 - 15.0) / 15.0)
+            .collect();
+        group.bench_with_input(BenchmarkId::from_parameter(m), &m, |b, &m| {
+            b.iter(|| fixpoint::kernels::causal_attention(&q, &k, &v, nh, nkv, m, hd, cap, offset))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, matmul_rows, quantize, attention);
+criterion_main!(benches);
