@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
+use crate::decode::block_size::AutoBlock;
 use crate::decode::{self, CancelToken, DecodeEvent, DecodeOptions, Generation};
 use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
@@ -52,6 +53,8 @@ pub struct Engine {
     model: Transformer,
     tokenizer: Tokenizer,
     info: ModelInfo,
+    /// What `--block auto` learned about this model on this machine, kept across generations.
+    tuner: std::sync::Mutex<AutoBlock>,
 }
 
 impl Engine {
@@ -112,6 +115,7 @@ impl Engine {
             model,
             tokenizer,
             info,
+            tuner: std::sync::Mutex::new(AutoBlock::new(crate::decode::AUTO_MAX_BLOCK)),
         }
     }
 
@@ -168,14 +172,24 @@ impl Engine {
             .options
             .validate(self.model.config().context_length)?;
         let ids = self.prompt_ids(&request.prompt)?;
-        decode::generate(
+        // Work on a copy so a long generation does not hold the lock.
+        let mut tuner = match self.tuner.lock() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let result = decode::generate_tuned(
             &self.model,
             &self.tokenizer,
             &ids,
             &request.options,
             cancel,
+            Some(&mut tuner),
             on_event,
-        )
+        );
+        if let Ok(mut t) = self.tuner.lock() {
+            *t = tuner;
+        }
+        result
     }
 
     /// Writes the model as a Hugging Face folder (config.json, model.safetensors, tokenizer.json,

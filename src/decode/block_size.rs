@@ -30,6 +30,7 @@ pub struct AutoBlock {
     passes: usize,
     uses: Vec<usize>,
     explore_every: usize,
+    max: usize,
     /// Pass number of the next probe.
     next_probe: usize,
     probes: usize,
@@ -46,9 +47,20 @@ impl AutoBlock {
             best: 0,
             passes: 0,
             explore_every: EXPLORE_EVERY,
+            max,
             next_probe: EXPLORE_EVERY,
             probes: 0,
         }
+    }
+
+    /// The largest size it considers.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Starts a new generation: usage counts restart, what was learned stays.
+    pub fn begin(&mut self) {
+        self.uses.iter_mut().for_each(|u| *u = 0);
     }
 
     /// The block size for the next pass.

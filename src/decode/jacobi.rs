@@ -15,13 +15,13 @@ use crate::error::Result;
 use crate::model::{argmax_rows, KvCache, Logits, Transformer};
 
 /// The block size of each pass: fixed, or chosen as decoding goes ([`AutoBlock`]).
-#[derive(Debug, Clone)]
-pub enum BlockSizer {
+#[derive(Debug)]
+pub enum BlockSizer<'a> {
     Fixed(usize),
-    Auto(AutoBlock),
+    Auto(&'a mut AutoBlock),
 }
 
-impl BlockSizer {
+impl BlockSizer<'_> {
     fn choose(&mut self) -> usize {
         match self {
             BlockSizer::Fixed(n) => *n,
@@ -91,7 +91,7 @@ pub(crate) fn decode(
     cache: &mut KvCache,
     prompt: &[u32],
     first: u32,
-    sizer: &mut BlockSizer,
+    sizer: &mut BlockSizer<'_>,
     rng: &mut StdRng,
     out: &mut Output,
     cancel: &CancelToken,

@@ -162,6 +162,20 @@ pub fn generate(
     prompt: &[u32],
     opts: &DecodeOptions,
     cancel: &CancelToken,
+    on_event: impl FnMut(DecodeEvent),
+) -> Result<Generation> {
+    generate_tuned(model, tokenizer, prompt, opts, cancel, None, on_event)
+}
+
+/// [`generate`], with `--block auto` continuing from what `tuner` learned in earlier
+/// generations on this model and machine (so it need not probe again from scratch).
+pub fn generate_tuned(
+    model: &Transformer,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    opts: &DecodeOptions,
+    cancel: &CancelToken,
+    tuner: Option<&mut block_size::AutoBlock>,
     mut on_event: impl FnMut(DecodeEvent),
 ) -> Result<Generation> {
     let context = model.config().context_length;
@@ -201,8 +215,19 @@ pub fn generate(
         ),
         Mode::Jacobi(_) | Mode::JacobiAuto(_) => {
             let mut rng = StdRng::seed_from_u64(opts.seed);
+            let mut fresh;
             let mut sizer = match opts.mode {
-                Mode::JacobiAuto(max) => jacobi::BlockSizer::Auto(block_size::AutoBlock::new(max)),
+                Mode::JacobiAuto(max) => {
+                    let tuner = match tuner {
+                        Some(t) if t.max() == max => t,
+                        _ => {
+                            fresh = block_size::AutoBlock::new(max);
+                            &mut fresh
+                        }
+                    };
+                    tuner.begin();
+                    jacobi::BlockSizer::Auto(tuner)
+                }
                 Mode::Jacobi(n) => jacobi::BlockSizer::Fixed(n),
                 Mode::Autoregressive => unreachable!("handled by the arm above"),
             };
