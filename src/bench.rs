@@ -96,6 +96,22 @@ pub struct BenchReport {
     pub threads: usize,
 }
 
+/// What one decoder did over all prompts.
+#[derive(Debug, Clone, Default)]
+struct Totals {
+    tokens: usize,
+    passes: usize,
+    ms: f64,
+    used: std::collections::HashMap<usize, usize>,
+    outputs: Vec<Vec<u32>>,
+}
+
+impl Totals {
+    fn tokens_per_second(&self) -> f64 {
+        self.tokens as f64 / (self.ms / 1e3).max(1e-9)
+    }
+}
+
 pub struct BenchConfig {
     pub prompts: Vec<String>,
     pub max_tokens: usize,
@@ -112,34 +128,13 @@ pub fn run(engine: &Engine, cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> Res
         .iter()
         .map(|p| Prompt::Chat(vec![Message::user(p.clone())]))
         .collect();
-    let decode_all = |mode: Mode| -> Result<(Vec<Vec<u32>>, usize, usize, f64, usize)> {
-        let (mut outs, mut tokens, mut passes, mut ms) = (Vec::new(), 0, 0, 0.0);
-        let mut used = std::collections::HashMap::<usize, usize>::new();
-        for prompt in &requests {
-            let req = GenerateRequest {
-                prompt: prompt.clone(),
-                options: DecodeOptions {
-                    mode,
-                    max_tokens: cfg.max_tokens,
-                    ..Default::default()
-                },
-            };
-            let g = engine.generate(&req, &CancelToken::new(), |_| {})?;
-            // The first token comes from prefill, which is the same for every decoder.
-            tokens += g.generated_tokens.saturating_sub(1);
-            passes += g.forward_passes;
-            ms += g.decode_ms;
-            *used.entry(g.block).or_default() += g.forward_passes;
-            outs.push(g.token_ids);
-        }
-        let most_used = used
-            .into_iter()
-            .max_by_key(|&(_, n)| n)
-            .map(|(b, _)| b)
-            .unwrap_or(1);
-        Ok((outs, tokens, passes, ms, most_used))
-    };
-    // Warm-up: one short generation so first-touch costs don't land on AR.
+    // Every decoder runs each prompt in turn (prompt-major), so drift in the machine's speed
+    // during the run lands on all decoders alike instead of on whichever ran first.
+    let modes: Vec<Mode> = std::iter::once(Mode::Autoregressive)
+        .chain(cfg.blocks.iter().map(|b| b.mode()))
+        .collect();
+    let mut totals = vec![Totals::default(); modes.len()];
+    // Warm-up: one short generation so first-touch costs land on no decoder.
     let warm = GenerateRequest {
         prompt: requests[0].clone(),
         options: DecodeOptions {
@@ -148,22 +143,49 @@ pub fn run(engine: &Engine, cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> Res
         },
     };
     engine.generate(&warm, &CancelToken::new(), |_| {})?;
-    let (ar_outs, ar_tokens, ar_passes, ar_ms, _) = decode_all(Mode::Autoregressive)?;
-    let ar_tps = ar_tokens as f64 / (ar_ms / 1e3).max(1e-9);
-    log(&format!("ar: {ar_tps:.1} tokens/s over {ar_tokens} tokens"));
+    for (p, prompt) in requests.iter().enumerate() {
+        for (mode, total) in modes.iter().zip(&mut totals) {
+            let req = GenerateRequest {
+                prompt: prompt.clone(),
+                options: DecodeOptions {
+                    mode: *mode,
+                    max_tokens: cfg.max_tokens,
+                    ..Default::default()
+                },
+            };
+            let g = engine.generate(&req, &CancelToken::new(), |_| {})?;
+            // The first token comes from prefill, which is the same for every decoder.
+            total.tokens += g.generated_tokens.saturating_sub(1);
+            total.passes += g.forward_passes;
+            total.ms += g.decode_ms;
+            *total.used.entry(g.block).or_default() += g.forward_passes;
+            total.outputs.push(g.token_ids);
+        }
+        log(&format!("prompt {}/{} done", p + 1, requests.len()));
+    }
+    let ar = &totals[0];
+    let ar_tps = ar.tokens_per_second();
+    log(&format!(
+        "ar: {ar_tps:.1} tokens/s over {} tokens",
+        ar.tokens
+    ));
     let mut jacobi = Vec::new();
-    for &block in &cfg.blocks {
-        let (outs, tokens, passes, ms, block_used) = decode_all(block.mode())?;
-        let tps = tokens as f64 / (ms / 1e3).max(1e-9);
+    for (&block, t) in cfg.blocks.iter().zip(&totals[1..]) {
+        let tps = t.tokens_per_second();
         let r = JacobiResult {
             block,
-            block_used,
+            block_used: t
+                .used
+                .iter()
+                .max_by_key(|&(_, n)| *n)
+                .map(|(&b, _)| b)
+                .unwrap_or(1),
             tokens_per_second: tps,
-            tokens_per_iteration: tokens as f64 / passes.max(1) as f64,
+            tokens_per_iteration: t.tokens as f64 / t.passes.max(1) as f64,
             speedup: tps / ar_tps,
-            identical_to_ar: outs == ar_outs,
-            generated_tokens: tokens,
-            forward_passes: passes,
+            identical_to_ar: t.outputs == ar.outputs,
+            generated_tokens: t.tokens,
+            forward_passes: t.passes,
         };
         log(&format!(
             "jacobi block {block}: {tps:.1} tokens/s, {:.2} tokens/pass, speedup {:.2}, identical {}",
@@ -184,9 +206,9 @@ pub fn run(engine: &Engine, cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> Res
         max_tokens: cfg.max_tokens,
         ar: ArResult {
             tokens_per_second: ar_tps,
-            generated_tokens: ar_tokens,
-            forward_passes: ar_passes,
-            decode_ms: ar_ms,
+            generated_tokens: ar.tokens,
+            forward_passes: ar.passes,
+            decode_ms: ar.ms,
         },
         jacobi,
         forward_cost,
