@@ -14,17 +14,33 @@ use crate::tokenizer::Message;
 
 /// Reads prompts: JSONL with a `question`, `prompt` or `text` field, or plain text, one a line.
 pub fn read_prompts(path: &Path, limit: Option<usize>) -> Result<Vec<String>> {
+    Ok(read_examples(path, limit)?
+        .into_iter()
+        .map(|e| e.prompt)
+        .collect())
+}
+
+/// A prompt and, when the file gives one (GSM8K's `answer` field, after `####`), the number
+/// its answer should end with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub prompt: String,
+    pub reference: Option<String>,
+}
+
+/// Reads prompts like [`read_prompts`], with reference answers where the JSONL has them.
+pub fn read_examples(path: &Path, limit: Option<usize>) -> Result<Vec<Example>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let mut prompts = Vec::new();
+    let mut examples = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() {
             continue;
         }
-        let prompt = if line.starts_with('{') {
+        let example = if line.starts_with('{') {
             let v: serde_json::Value = serde_json::from_str(line)
                 .map_err(|e| Error::BadConfig(format!("{} line {}: {e}", path.display(), i + 1)))?;
-            ["question", "prompt", "text"]
+            let prompt = ["question", "prompt", "text"]
                 .iter()
                 .find_map(|k| v[*k].as_str())
                 .ok_or_else(|| {
@@ -34,22 +50,71 @@ pub fn read_prompts(path: &Path, limit: Option<usize>) -> Result<Vec<String>> {
                         i + 1
                     ))
                 })?
-                .to_string()
+                .to_string();
+            let reference = v["answer"]
+                .as_str()
+                .and_then(|a| a.rsplit_once("####"))
+                .and_then(|(_, n)| normalize_number(n));
+            Example { prompt, reference }
         } else {
-            line.to_string()
+            Example {
+                prompt: line.to_string(),
+                reference: None,
+            }
         };
-        prompts.push(prompt);
-        if limit.is_some_and(|l| prompts.len() >= l) {
+        examples.push(example);
+        if limit.is_some_and(|l| examples.len() >= l) {
             break;
         }
     }
-    if prompts.is_empty() {
+    if examples.is_empty() {
         return Err(Error::BadConfig(format!(
             "{} holds no prompts",
             path.display()
         )));
     }
-    Ok(prompts)
+    Ok(examples)
+}
+
+/// `1,234.50` -> `1234.5`; `None` if there is no number.
+fn normalize_number(s: &str) -> Option<String> {
+    let cleaned: String = s
+        .trim()
+        .chars()
+        .filter(|c| *c != ',' && *c != '$')
+        .collect();
+    let v: f64 = cleaned.trim_end_matches('.').parse().ok()?;
+    Some(format!("{v}"))
+}
+
+/// The last number in a model's answer (GSM8K's usual scoring).
+pub fn final_number(text: &str) -> Option<String> {
+    let mut last = None;
+    let mut current = String::new();
+    for c in text.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_digit() || (c == '.' || c == ',') && !current.is_empty() {
+            current.push(c);
+        } else if c == '-' && current.is_empty() {
+            current.push(c);
+        } else {
+            if current.chars().any(|c| c.is_ascii_digit()) {
+                last = normalize_number(&current);
+            }
+            current.clear();
+            if c == '-' {
+                current.push(c);
+            }
+        }
+    }
+    last
+}
+
+/// Answers whose last number matches the reference.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Accuracy {
+    pub correct: usize,
+    pub total: usize,
+    pub rate: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,6 +157,8 @@ pub struct BenchReport {
     pub ar: ArResult,
     pub jacobi: Vec<JacobiResult>,
     pub forward_cost: Vec<ForwardCost>,
+    /// Of the greedy (AR) answers, on prompts with a reference answer.
+    pub accuracy: Option<Accuracy>,
     pub cache_tokens: usize,
     pub threads: usize,
 }
@@ -114,6 +181,8 @@ impl Totals {
 
 pub struct BenchConfig {
     pub prompts: Vec<String>,
+    /// Reference final answers, by prompt (may be empty).
+    pub references: Vec<Option<String>>,
     pub max_tokens: usize,
     pub blocks: Vec<BlockSpec>,
     pub cost_sizes: Vec<usize>,
@@ -193,6 +262,21 @@ pub fn run(engine: &Engine, cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> Res
         ));
         jacobi.push(r);
     }
+    let mut scored = (0, 0);
+    for (ids, reference) in ar.outputs.iter().zip(&cfg.references) {
+        if let Some(want) = reference {
+            let text = engine.tokenizer().decode(ids)?;
+            scored.1 += 1;
+            if final_number(&text).as_ref() == Some(want) {
+                scored.0 += 1;
+            }
+        }
+    }
+    let accuracy = (scored.1 > 0).then(|| Accuracy {
+        correct: scored.0,
+        total: scored.1,
+        rate: scored.0 as f64 / scored.1 as f64,
+    });
     let forward_cost = forward_costs(engine, cfg)?;
     for c in &forward_cost {
         log(&format!(
@@ -212,6 +296,7 @@ pub fn run(engine: &Engine, cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> Res
         },
         jacobi,
         forward_cost,
+        accuracy,
         cache_tokens: cfg.cache_tokens,
         threads: std::thread::available_parallelism()
             .map(|n| n.get())
@@ -270,4 +355,21 @@ pub fn forward_costs(engine: &Engine, cfg: &BenchConfig) -> Result<Vec<ForwardCo
         c.ratio = c.ms / one;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn final_numbers_are_found_like_gsm8k_scoring() {
+        assert_eq!(final_number("so 3 + 4 = 7.").as_deref(), Some("7"));
+        assert_eq!(
+            final_number("It costs $1,250.00 in total").as_deref(),
+            Some("1250")
+        );
+        assert_eq!(final_number("-5 degrees").as_deref(), Some("-5"));
+        assert_eq!(final_number("no number"), None);
+        assert_eq!(normalize_number(" 72").as_deref(), Some("72"));
+    }
 }

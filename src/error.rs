@@ -72,6 +72,12 @@ pub enum Error {
     #[error("device `{0}` is not available: {1}")]
     DeviceUnavailable(String, String),
 
+    #[error("{path}: {detail}")]
+    BadData { path: PathBuf, detail: String },
+
+    #[error("cannot train: {0}")]
+    Training(String),
+
     #[error("default model: {0}")]
     Fetch(String),
 

@@ -29,6 +29,7 @@ pub mod model;
 pub mod model_store;
 pub mod testing;
 pub mod tokenizer;
+pub mod train;
 
 pub use decode::{
     BlockSpec, CancelToken, DecodeEvent, DecodeOptions, Generation, Iteration, Mode, Sampling,

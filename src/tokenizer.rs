@@ -44,6 +44,7 @@ impl Message {
 /// Used only when a model ships no template at all.
 const FALLBACK_CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     chat_template: Option<String>,
@@ -207,6 +208,24 @@ impl Tokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// A short hash of the vocabulary (token text by id): files of token ids carry it so that
+    /// ids from another tokenizer are refused instead of silently misread.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut vocab: Vec<(String, u32)> = self.inner.get_vocab(true).into_iter().collect();
+        vocab.sort_by_key(|&(_, id)| id);
+        let mut h = Sha256::new();
+        for (tok, id) in &vocab {
+            h.update(id.to_le_bytes());
+            h.update(tok.as_bytes());
+            h.update([0]);
+        }
+        h.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     pub fn stop_ids(&self) -> &[u32] {

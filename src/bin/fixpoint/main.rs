@@ -1,6 +1,8 @@
 //! `fixpoint`: the engine from the command line. `main` maps errors to exit codes; the
 //! subcommands are thin: parse, call the library, print.
 
+mod training;
+
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +34,10 @@ enum Command {
     Chat(ChatArgs),
     /// Measure AR against Jacobi on the same prompts, and the forward cost per block size.
     Bench(BenchArgs),
+    /// Record Jacobi trajectories of a model on prompts (training data for `train`).
+    Trajectories(training::TrajectoriesArgs),
+    /// Consistency-train a model on trajectories into a new model folder.
+    Train(training::TrainArgs),
     /// Print the token ids of a text (with --chat: of the chat-templated prompt).
     Tokenize {
         #[command(flatten)]
@@ -64,6 +70,14 @@ enum ModelsCommand {
     },
     /// Print the default model's path.
     Path,
+    /// Write a model as a Hugging Face folder with f32 weights (config.json, model.safetensors,
+    /// tokenizer.json), e.g. to compare it with a trained one on the same weight format.
+    Export {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -206,6 +220,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Chat(args) => chat(args),
         Command::Models { command } => models(command),
         Command::Bench(args) => bench(args),
+        Command::Trajectories(args) => training::trajectories(args),
+        Command::Train(args) => training::train(args),
         Command::Tokenize { model, text, chat } => {
             let engine = load(&model)?;
             let prompt = if chat {
@@ -446,10 +462,11 @@ fn bench(args: BenchArgs) -> Result<()> {
     {
         bail!("--blocks, --cost-sizes and --repetitions take positive numbers");
     }
-    let prompts = fixpoint::bench::read_prompts(&args.prompts, args.limit)?;
+    let examples = fixpoint::bench::read_examples(&args.prompts, args.limit)?;
     let engine = load(&args.model)?;
     let cfg = fixpoint::bench::BenchConfig {
-        prompts,
+        prompts: examples.iter().map(|e| e.prompt.clone()).collect(),
+        references: examples.into_iter().map(|e| e.reference).collect(),
         max_tokens: args.max_tokens,
         blocks: args.blocks.clone(),
         cost_sizes: args.cost_sizes.clone(),
@@ -484,6 +501,14 @@ fn bench(args: BenchArgs) -> Result<()> {
             j.tokens_per_iteration,
             j.speedup,
             if j.identical_to_ar { "yes" } else { "NO" }
+        );
+    }
+    if let Some(a) = &report.accuracy {
+        println!(
+            "answers correct (last number = reference): {}/{} ({:.1}%)",
+            a.correct,
+            a.total,
+            a.rate * 100.0
         );
     }
     println!(
@@ -537,6 +562,14 @@ fn models(cmd: ModelsCommand) -> Result<()> {
             }
         }
         ModelsCommand::Path => println!("{}", model_store::default_model_path().display()),
+        ModelsCommand::Export { model, out } => {
+            if out.exists() {
+                bail!("{} already exists; choose another --out", out.display());
+            }
+            let engine = load(&model)?;
+            engine.save_hf(&out)?;
+            eprintln!("wrote {}", out.display());
+        }
     }
     Ok(())
 }

@@ -1,0 +1,20 @@
+//! Consistency training (ALGORITHM.md sections 2 and 3): Jacobi trajectories of the target
+//! model, then fine-tuning so that from any state of a trajectory the model predicts its fixed
+//! point, which makes Jacobi decoding fix several tokens per pass.
+//!
+//! trajectories -> dataset -> (batch -> llama -> loss) -> adamw -> checkpoint / model folder
+
+pub mod adamw;
+pub mod batch;
+pub mod checkpoint;
+pub mod dataset;
+pub mod llama;
+pub mod loss;
+pub mod trainer;
+pub mod trajectory;
+
+pub use loss::LossKind;
+pub use trainer::{profile, train, Profile, StepStats, TrainEvent, TrainOutcome, TrainSettings};
+pub use trajectory::{
+    collect_all, CollectConfig, CollectProgress, FileSettings, Record, TrajectoryWriter,
+};
