@@ -74,10 +74,12 @@ pub fn read(
         }
         match size {
             None => size = Some(n),
-            Some(s) if s != n => return Err(bad(format!(
+            Some(s) if s != n => {
+                return Err(bad(format!(
                 "line {}: block size {n}, but earlier records have {s}: one file, one block size",
                 i + 1
-            ))),
+            )))
+            }
             _ => {}
         }
         if r.answer_trajectory_ids.len() < 2 {

@@ -30,6 +30,8 @@ pub struct TrainSettings {
     pub model: PathBuf,
     pub data: PathBuf,
     pub out: PathBuf,
+    /// The block size the records must have, if the caller cares.
+    pub block: Option<usize>,
     /// Optimizer updates; `None` derives them from `epochs`.
     pub steps: Option<usize>,
     pub epochs: f64,
@@ -56,6 +58,7 @@ impl TrainSettings {
             model,
             data,
             out,
+            block: None,
             steps: None,
             epochs: 1.0,
             lr: 2e-5,
@@ -160,7 +163,7 @@ pub struct Prepared {
 
 /// Loads the base model with float weights (dequantized from GGUF blocks when needed) and the
 /// trajectory data, checking they belong together.
-pub fn prepare(model_path: &Path, data: &Path) -> Result<Prepared> {
+pub fn prepare(model_path: &Path, data: &Path, block: Option<usize>) -> Result<Prepared> {
     let engine = Engine::load(
         model_path,
         &LoadOptions {
@@ -176,7 +179,7 @@ pub fn prepare(model_path: &Path, data: &Path) -> Result<Prepared> {
         ))
     })?;
     let tokenizer = engine.tokenizer().clone();
-    let data = dataset::read(data, &tokenizer, cfg.vocab_size, None)?;
+    let data = dataset::read(data, &tokenizer, cfg.vocab_size, block)?;
     let model = TrainLlama::new(cfg, tensors, &Device::Cpu)?;
     Ok(Prepared {
         model,
@@ -248,7 +251,7 @@ pub fn train(
         model,
         tokenizer,
         data,
-    } = prepare(&settings.model, &settings.data)?;
+    } = prepare(&settings.model, &settings.data, settings.block)?;
     if settings.max_len <= data.block {
         return Err(Error::Training(format!(
             "max length {} leaves no room for a prompt before a block of {}",
@@ -469,7 +472,7 @@ pub struct Profile {
 pub fn profile(settings: &TrainSettings, steps: usize) -> Result<Profile> {
     let Prepared {
         model, mut data, ..
-    } = prepare(&settings.model, &settings.data)?;
+    } = prepare(&settings.model, &settings.data, settings.block)?;
     // The longest prompts first: the measurement is of full-length sequences.
     data.records
         .sort_by_key(|r| std::cmp::Reverse(r.prompt().len()));

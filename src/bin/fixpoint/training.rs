@@ -143,6 +143,9 @@ pub struct TrainArgs {
     /// The model folder to create (config.json, model.safetensors, tokenizer.json).
     #[arg(long)]
     out: PathBuf,
+    /// Refuse records whose block size is not this.
+    #[arg(long)]
+    block: Option<usize>,
     /// Optimizer updates (default: one epoch of the data).
     #[arg(long, conflicts_with = "epochs")]
     steps: Option<usize>,
@@ -195,6 +198,7 @@ impl TrainArgs {
         };
         check(self.model.is_some(), "--model");
         check(self.data.is_some(), "--data");
+        check(self.block.is_some(), "--block");
         check(self.steps.is_some(), "--steps");
         check(self.epochs.is_some(), "--epochs");
         check(self.lr.is_some(), "--lr");
@@ -219,6 +223,7 @@ impl TrainArgs {
         };
         let mut s = TrainSettings::new(model, data, self.out.clone());
         s.steps = self.steps;
+        s.block = self.block;
         s.epochs = self.epochs.unwrap_or(s.epochs);
         s.lr = self.lr.unwrap_or(s.lr);
         s.batch = self.batch.unwrap_or(s.batch);
