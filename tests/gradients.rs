@@ -102,8 +102,13 @@ fn nudge(var: &Var, i: usize, by: f32) {
 
 #[test]
 fn gradients_match_finite_differences() {
-    let model = tiny(false);
-    let grads = loss(&model).backward().unwrap();
+    for tied in [false, true] {
+        check_finite_differences(&tiny(tied));
+    }
+}
+
+fn check_finite_differences(model: &TrainLlama) {
+    let grads = loss(model).backward().unwrap();
     let h = 1e-2f32;
     for (name, var) in model.params() {
         let g: Vec<f32> = grads
@@ -119,9 +124,9 @@ fn gradients_match_finite_differences() {
             .unwrap();
         for i in [top, g.len() / 2] {
             nudge(var, i, h);
-            let up = value(&model);
+            let up = value(model);
             nudge(var, i, -2.0 * h);
-            let down = value(&model);
+            let down = value(model);
             nudge(var, i, h);
             let fd = (up - down) / (2.0 * h as f64);
             let an = g[i] as f64;

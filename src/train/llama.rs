@@ -12,7 +12,9 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use crate::error::{Error, Result};
 use crate::model::Config;
 
-/// One layer's trainable weights, in Hugging Face layout ((out, in) matrices).
+/// One layer's trainable weights. Matrices are stored transposed, (in, out), so a linear layer
+/// is `x @ w` and its weight gradient comes out contiguous (HF's (out, in) would make every
+/// gradient a transposed view, accumulated element by element through strides).
 struct Layer {
     input_layernorm: Var,
     q_proj: Var,
@@ -60,7 +62,13 @@ impl TrainLlama {
             Ok(t.to_dtype(DType::F32)?.to_device(device)?)
         };
         let mut var = |name: String, shape: &[usize], params: &mut Vec<(String, Var)>| {
-            let v = Var::from_tensor(&take(&name, shape)?)?;
+            let t = take(&name, shape)?;
+            let t = if shape.len() == 2 {
+                t.t()?.contiguous()?
+            } else {
+                t
+            };
+            let v = Var::from_tensor(&t)?;
             params.push((name, v.clone()));
             Ok::<_, Error>(v)
         };
@@ -126,6 +134,7 @@ impl TrainLlama {
         &self.cfg
     }
 
+    /// Every trainable weight under its Hugging Face name; matrices transposed, (in, out).
     pub fn params(&self) -> &[(String, Var)] {
         &self.params
     }
@@ -139,7 +148,15 @@ impl TrainLlama {
         let mut out: HashMap<String, Tensor> = self
             .params
             .iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
+            .map(|(n, v)| {
+                let t = v.as_tensor().detach();
+                let t = if t.rank() == 2 {
+                    t.t().and_then(|t| t.contiguous())
+                } else {
+                    Ok(t)
+                };
+                (n.clone(), t.expect("a transpose of a CPU tensor succeeds"))
+            })
             .collect();
         out.insert(
             "model.embed_tokens.weight".into(),
@@ -180,11 +197,12 @@ impl TrainLlama {
 
     /// Logits, (rows, vocab), of hidden states (rows, hidden).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let head = match &self.lm_head {
-            Some(w) => w.as_tensor(),
-            None => &self.embed_tokens,
-        };
-        Ok(hidden.matmul(&head.t()?)?)
+        match &self.lm_head {
+            Some(w) => Ok(hidden.matmul(w.as_tensor())?),
+            // The frozen, tied head: candle would also compute the (vocab x hidden) gradient of
+            // the embedding, never used, every step.
+            None => Ok(hidden.apply_op1(FrozenHead(self.embed_tokens.clone()))?),
+        }
     }
 
     fn block(
@@ -223,9 +241,49 @@ impl TrainLlama {
     }
 }
 
-/// `x @ w.T` for `w` in (out, in) layout.
+/// `x @ w` for `w` stored (in, out).
 fn linear(x: &Tensor, w: &Var) -> candle_core::Result<Tensor> {
-    x.matmul(&w.as_tensor().t()?)
+    x.matmul(w.as_tensor())
+}
+
+/// `h @ E^T` for a frozen E (vocab, hidden): the gradient flows to `h` only.
+struct FrozenHead(Tensor);
+
+impl candle_core::CustomOp1 for FrozenHead {
+    fn name(&self) -> &'static str {
+        "frozen-head"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (rows, hidden) = layout.shape().dims2()?;
+        let data = match layout.contiguous_offsets() {
+            Some((a, b)) => &storage.as_slice::<f32>()?[a..b],
+            None => candle_core::bail!("frozen-head: input must be contiguous"),
+        };
+        // Plain tensors without a graph: candle's matmul does the work.
+        let h = Tensor::from_slice(data, (rows, hidden), self.0.device())?;
+        let out = h.matmul(&self.0.t()?)?;
+        let shape = out.shape().clone();
+        let (s, l) = out.storage_and_layout();
+        let candle_core::Storage::Cpu(cpu) = &*s else {
+            candle_core::bail!("frozen-head runs on the CPU");
+        };
+        let values = cpu.as_slice::<f32>()?[l.start_offset()..][..shape.elem_count()].to_vec();
+        Ok((candle_core::CpuStorage::F32(values), shape))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.0)?))
+    }
 }
 
 fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
