@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: installs what is missing, builds, fetches the
-# default model so the tests on the real model run too, then runs every test.
+# The whole test suite, from a fresh clone: installs what is missing (apt packages, npm
+# packages, tauri-driver, selenium, the default model), builds, runs every Rust test, the UI's
+# unit tests, and the desktop app's end-to-end test under Xvfb.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -8,3 +9,5 @@ scripts/setup.sh
 cargo test --release --locked --workspace --no-run
 "${CARGO_TARGET_DIR:-target}/release/fixpoint" models fetch
 cargo test --release --locked --workspace
+(cd ui && npm test --silent)
+scripts/e2e.sh

@@ -1,0 +1,25 @@
+fn main() {
+    // Generating permissions for our commands turns on Tauri's ACL for them: the window may
+    // call exactly what capabilities/default.json grants.
+    tauri_build::try_build(tauri_build::Attributes::new().app_manifest(
+        tauri_build::AppManifest::new().commands(&[
+            "list_models",
+            "current_model",
+            "startup_model",
+            "load_model",
+            "fetch_default_model",
+            "list_conversations",
+            "create_conversation",
+            "rename_conversation",
+            "delete_conversation",
+            "get_messages",
+            "update_settings",
+            "export_conversation",
+            "send_message",
+            "regenerate",
+            "stop_generation",
+            "race",
+        ]),
+    ))
+    .expect("tauri build script");
+}

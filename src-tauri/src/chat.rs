@@ -1,0 +1,302 @@
+//! An answer, start to end: save the user's message, decode with the engine on the calling
+//! (worker) thread, turn the engine's events into what the UI draws, save the answer.
+
+use fixpoint::{
+    BlockSpec, DecodeEvent, DecodeOptions, Engine, GenerateRequest, Generation, Message, Mode,
+    Prompt, Sampling, StopReason,
+};
+use serde::Serialize;
+
+use crate::db::{ChatSettings, StoredMessage};
+use crate::error::AppError;
+use crate::state::{lock, AppState};
+
+/// What the chat view and the visualizer receive while an answer streams.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ChatEvent {
+    /// The user's message is saved; decoding starts.
+    Started {
+        user_message: Option<StoredMessage>,
+        mode: String,
+    },
+    Prefill {
+        prompt_tokens: usize,
+        ms: f64,
+    },
+    /// Tokens the answer grew by, and their text.
+    Text {
+        ids: Vec<u32>,
+        delta: String,
+    },
+    Iteration(IterationView),
+    /// The answer is saved.
+    Done {
+        message: StoredMessage,
+        stats: Generation,
+        /// Greedy AR tokens/s measured on this model, if any: the speedup's denominator.
+        ar_tokens_per_second: Option<f64>,
+    },
+}
+
+/// One Jacobi iteration with its tokens as text, for the visualizer.
+#[derive(Debug, Clone, Serialize)]
+pub struct IterationView {
+    pub index: usize,
+    pub block_start: usize,
+    pub before: Vec<String>,
+    pub after: Vec<String>,
+    pub before_ids: Vec<u32>,
+    pub after_ids: Vec<u32>,
+    pub accepted: usize,
+    pub new_tokens: usize,
+    pub known_correct: usize,
+    pub ms: f64,
+}
+
+impl IterationView {
+    fn new(engine: &Engine, it: fixpoint::Iteration) -> Self {
+        let text = |ids: &[u32]| {
+            ids.iter()
+                .map(|&t| engine.tokenizer().token_text(t))
+                .collect()
+        };
+        Self {
+            index: it.index,
+            block_start: it.block_start,
+            before: text(&it.before),
+            after: text(&it.after),
+            before_ids: it.before,
+            after_ids: it.after,
+            accepted: it.accepted,
+            new_tokens: it.new_tokens,
+            known_correct: it.known_correct,
+            ms: it.ms,
+        }
+    }
+}
+
+/// The engine's options for a conversation's settings.
+pub fn decode_options(s: &ChatSettings) -> Result<DecodeOptions, AppError> {
+    if s.max_tokens == 0 {
+        return Err(AppError::Invalid("max tokens must be at least 1".into()));
+    }
+    let mode = match s.mode.as_str() {
+        "ar" => Mode::Autoregressive,
+        "jacobi" => {
+            if s.temperature > 0.0 {
+                return Err(AppError::Invalid(
+                    "temperature applies to AR decoding only: Jacobi decoding is greedy".into(),
+                ));
+            }
+            s.block
+                .parse::<BlockSpec>()
+                .map_err(|e| AppError::Invalid(format!("block size: {e}")))?
+                .mode()
+        }
+        other => return Err(AppError::Invalid(format!("unknown decoder `{other}`"))),
+    };
+    let sampling = if s.temperature > 0.0 {
+        Sampling {
+            temperature: s.temperature,
+            // A new draw on every answer, so regenerate gives another one.
+            seed: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0),
+            ..Sampling::greedy()
+        }
+    } else {
+        Sampling::greedy()
+    };
+    Ok(DecodeOptions {
+        mode,
+        max_tokens: s.max_tokens,
+        sampling,
+        ..Default::default()
+    })
+}
+
+/// Runs `engine` on `prompt`, mapping its events to [`ChatEvent`]s; returns the generation and
+/// the iterations (the trajectory kept for replay).
+pub fn decode(
+    engine: &Engine,
+    prompt: Prompt,
+    options: DecodeOptions,
+    cancel: &fixpoint::CancelToken,
+    emit: &mut dyn FnMut(ChatEvent),
+) -> Result<(Generation, Vec<IterationView>), AppError> {
+    let mut trajectory = Vec::new();
+    let generation =
+        engine.generate(
+            &GenerateRequest { prompt, options },
+            cancel,
+            |event| match event {
+                DecodeEvent::Prefill { prompt_tokens, ms } => {
+                    emit(ChatEvent::Prefill { prompt_tokens, ms })
+                }
+                DecodeEvent::Tokens { ids, text } => emit(ChatEvent::Text { ids, delta: text }),
+                DecodeEvent::Iteration(it) => {
+                    let view = IterationView::new(engine, it);
+                    trajectory.push(view.clone());
+                    emit(ChatEvent::Iteration(view));
+                }
+            },
+        )?;
+    Ok((generation, trajectory))
+}
+
+/// Answers the conversation's last user message: `content` is a new message to add first, or
+/// `None` to regenerate the last answer.
+pub fn answer(
+    state: &AppState,
+    conversation_id: i64,
+    content: Option<String>,
+    emit: &mut dyn FnMut(ChatEvent),
+) -> Result<StoredMessage, AppError> {
+    let job = state.start_job()?;
+    let engine = state.engine()?;
+    let conversation = state.with_db(|db| db.conversation(conversation_id))?;
+    let options = decode_options(&conversation.settings)?;
+    let user_message = match content {
+        Some(text) => {
+            if text.trim().is_empty() {
+                return Err(AppError::Invalid("the message is empty".into()));
+            }
+            let saved = state.with_db(|db| {
+                let first = db.messages(conversation_id)?.is_empty();
+                let m = db.add_message(conversation_id, "user", &text, None, None)?;
+                if first && conversation.title == crate::NEW_CHAT_TITLE {
+                    db.rename_conversation(conversation_id, &title_of(&text))?;
+                }
+                Ok(m)
+            })?;
+            Some(saved)
+        }
+        None => {
+            state.with_db(|db| db.pop_assistant(conversation_id))?;
+            None
+        }
+    };
+    let history = state.with_db(|db| db.messages(conversation_id))?;
+    if history.last().is_none_or(|m| m.role != "user") {
+        return Err(AppError::Invalid("there is no question to answer".into()));
+    }
+    emit(ChatEvent::Started {
+        user_message,
+        mode: conversation.settings.mode.clone(),
+    });
+    let prompt = Prompt::Chat(
+        history
+            .iter()
+            .map(|m| Message::new(m.role.clone(), m.content.clone()))
+            .collect(),
+    );
+    let greedy_ar = options.mode == Mode::Autoregressive && options.sampling.is_greedy();
+    let (generation, trajectory) = decode(&engine, prompt, options, &job.token, emit)?;
+    if greedy_ar
+        && generation.stop_reason != StopReason::Cancelled
+        && generation.generated_tokens > 1
+    {
+        *lock(&state.ar_speed) = Some(generation.tokens_per_second);
+    }
+    let stats = serde_json::to_value(&generation)?;
+    let trajectory = (!trajectory.is_empty())
+        .then(|| serde_json::to_value(&trajectory))
+        .transpose()?;
+    let message = state.with_db(|db| {
+        db.add_message(
+            conversation_id,
+            "assistant",
+            &generation.text,
+            Some(&stats),
+            trajectory.as_ref(),
+        )
+    })?;
+    emit(ChatEvent::Done {
+        message: message.clone(),
+        stats: generation,
+        ar_tokens_per_second: *lock(&state.ar_speed),
+    });
+    Ok(message)
+}
+
+fn title_of(text: &str) -> String {
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    let mut title: String = line.chars().take(48).collect();
+    if line.chars().count() > 48 {
+        title.push('…');
+    }
+    title
+}
+
+/// The same prompt decoded by AR and by Jacobi, one after the other.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RaceEvent {
+    Lane {
+        lane: &'static str,
+        event: ChatEvent,
+    },
+    Finished {
+        ar: Generation,
+        jacobi: Generation,
+        /// Jacobi tokens/s over AR tokens/s.
+        speedup: f64,
+        identical: bool,
+    },
+}
+
+pub fn race(
+    state: &AppState,
+    prompt: String,
+    settings: ChatSettings,
+    emit: &mut dyn FnMut(RaceEvent),
+) -> Result<(), AppError> {
+    if prompt.trim().is_empty() {
+        return Err(AppError::Invalid("the race needs a prompt".into()));
+    }
+    let job = state.start_job()?;
+    let engine = state.engine()?;
+    let jacobi = decode_options(&ChatSettings {
+        mode: "jacobi".into(),
+        temperature: 0.0,
+        ..settings.clone()
+    })?;
+    let ar = DecodeOptions {
+        mode: Mode::Autoregressive,
+        ..jacobi.clone()
+    };
+    let chat = || Prompt::Chat(vec![Message::user(prompt.clone())]);
+    let mut results = Vec::new();
+    for (lane, options) in [("ar", ar), ("jacobi", jacobi)] {
+        emit(RaceEvent::Lane {
+            lane,
+            event: ChatEvent::Started {
+                user_message: None,
+                mode: lane.into(),
+            },
+        });
+        let (g, _) = decode(&engine, chat(), options, &job.token, &mut |event| {
+            emit(RaceEvent::Lane { lane, event })
+        })?;
+        if g.stop_reason == StopReason::Cancelled {
+            return Ok(());
+        }
+        results.push(g);
+    }
+    let jacobi = results.pop().expect("two lanes");
+    let ar = results.pop().expect("two lanes");
+    *lock(&state.ar_speed) = Some(ar.tokens_per_second);
+    emit(RaceEvent::Finished {
+        speedup: jacobi.tokens_per_second / ar.tokens_per_second.max(1e-9),
+        identical: jacobi.token_ids == ar.token_ids,
+        ar,
+        jacobi,
+    });
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! The commands the UI may call: each parses, hands the work to `chat`, `models` or the
+//! database, and returns. Anything that decodes or loads runs on a blocking worker thread;
+//! streams go back through a `Channel`.
+
+use std::path::PathBuf;
+
+use fixpoint::ModelInfo;
+use tauri::ipc::Channel;
+use tauri::{AppHandle, Manager, Runtime, State};
+
+use crate::chat::{self, ChatEvent, RaceEvent};
+use crate::db::{self, ChatSettings, Conversation, StoredMessage};
+use crate::error::AppError;
+use crate::models::{self, FetchEvent, ModelEntry};
+use crate::state::AppState;
+
+/// Runs `f` with the app state on a blocking thread, off the main (UI) thread.
+async fn blocking<T: Send + 'static, R: Runtime>(
+    app: AppHandle<R>,
+    f: impl FnOnce(&AppState) -> Result<T, AppError> + Send + 'static,
+) -> Result<T, AppError> {
+    tauri::async_runtime::spawn_blocking(move || f(&app.state::<AppState>()))
+        .await
+        .map_err(|e| AppError::Invalid(format!("worker failed: {e}")))?
+}
+
+#[tauri::command]
+pub fn list_models() -> Vec<ModelEntry> {
+    models::list()
+}
+
+#[tauri::command]
+pub fn current_model(state: State<'_, AppState>) -> Option<ModelInfo> {
+    state.engine().ok().map(|e| e.info().clone())
+}
+
+/// The model to load at start: `FIXPOINT_MODEL`, else the default model if it is installed.
+#[tauri::command]
+pub fn startup_model() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("FIXPOINT_MODEL") {
+        return Some(PathBuf::from(p));
+    }
+    let default = fixpoint::model_store::default_model_path();
+    default.exists().then_some(default)
+}
+
+#[tauri::command]
+pub async fn load_model<R: Runtime>(
+    app: AppHandle<R>,
+    path: PathBuf,
+) -> Result<ModelInfo, AppError> {
+    blocking(app, move |state| models::load(state, &path)).await
+}
+
+#[tauri::command]
+pub async fn fetch_default_model<R: Runtime>(
+    app: AppHandle<R>,
+    channel: Channel<FetchEvent>,
+) -> Result<PathBuf, AppError> {
+    blocking(app, move |_| {
+        models::fetch_default(&mut |e| {
+            let _ = channel.send(e);
+        })
+    })
+    .await
+}
+
+#[tauri::command]
+pub fn list_conversations(
+    state: State<'_, AppState>,
+    query: Option<String>,
+) -> Result<Vec<Conversation>, AppError> {
+    state.with_db(|db| db.list_conversations(query.as_deref().unwrap_or("")))
+}
+
+#[tauri::command]
+pub fn create_conversation(state: State<'_, AppState>) -> Result<Conversation, AppError> {
+    state.with_db(|db| db.create_conversation(crate::NEW_CHAT_TITLE, &ChatSettings::default()))
+}
+
+#[tauri::command]
+pub fn rename_conversation(
+    state: State<'_, AppState>,
+    id: i64,
+    title: String,
+) -> Result<Conversation, AppError> {
+    state.with_db(|db| db.rename_conversation(id, &title))
+}
+
+#[tauri::command]
+pub fn delete_conversation(state: State<'_, AppState>, id: i64) -> Result<(), AppError> {
+    state.with_db(|db| db.delete_conversation(id))
+}
+
+#[tauri::command]
+pub fn get_messages(state: State<'_, AppState>, id: i64) -> Result<Vec<StoredMessage>, AppError> {
+    state.with_db(|db| db.messages(id))
+}
+
+#[tauri::command]
+pub fn update_settings(
+    state: State<'_, AppState>,
+    id: i64,
+    settings: ChatSettings,
+) -> Result<Conversation, AppError> {
+    chat::decode_options(&settings)?;
+    state.with_db(|db| db.update_settings(id, &settings))
+}
+
+/// Writes the conversation to `<data dir>/exports/` as Markdown or JSON; returns the path.
+#[tauri::command]
+pub fn export_conversation(
+    state: State<'_, AppState>,
+    id: i64,
+    format: String,
+) -> Result<PathBuf, AppError> {
+    let (c, messages) = state.with_db(|db| Ok((db.conversation(id)?, db.messages(id)?)))?;
+    let (text, ext) = match format.as_str() {
+        "markdown" => (db::to_markdown(&c, &messages), "md"),
+        "json" => (
+            serde_json::to_string_pretty(&serde_json::json!({
+                "conversation": c,
+                "messages": messages,
+            }))?,
+            "json",
+        ),
+        other => {
+            return Err(AppError::Invalid(format!(
+                "unknown export format `{other}`"
+            )))
+        }
+    };
+    let dir = fixpoint::model_store::data_dir().join("exports");
+    std::fs::create_dir_all(&dir).map_err(|e| AppError::Storage(e.to_string()))?;
+    let stem: String = c
+        .title
+        .chars()
+        .map(|ch| if ch.is_alphanumeric() { ch } else { '-' })
+        .collect();
+    let path = dir.join(format!("{}-{}.{ext}", stem.trim_matches('-'), c.id));
+    fixpoint::write_atomic(&path, text.as_bytes())?;
+    Ok(path)
+}
+
+#[tauri::command]
+pub async fn send_message<R: Runtime>(
+    app: AppHandle<R>,
+    conversation_id: i64,
+    content: String,
+    channel: Channel<ChatEvent>,
+) -> Result<StoredMessage, AppError> {
+    blocking(app, move |state| {
+        chat::answer(state, conversation_id, Some(content), &mut |e| {
+            let _ = channel.send(e);
+        })
+    })
+    .await
+}
+
+#[tauri::command]
+pub async fn regenerate<R: Runtime>(
+    app: AppHandle<R>,
+    conversation_id: i64,
+    channel: Channel<ChatEvent>,
+) -> Result<StoredMessage, AppError> {
+    blocking(app, move |state| {
+        chat::answer(state, conversation_id, None, &mut |e| {
+            let _ = channel.send(e);
+        })
+    })
+    .await
+}
+
+/// Stops the running answer or race before its next forward pass.
+#[tauri::command]
+pub fn stop_generation(state: State<'_, AppState>) -> bool {
+    state.cancel_job()
+}
+
+#[tauri::command]
+pub async fn race<R: Runtime>(
+    app: AppHandle<R>,
+    prompt: String,
+    settings: ChatSettings,
+    channel: Channel<RaceEvent>,
+) -> Result<(), AppError> {
+    blocking(app, move |state| {
+        chat::race(state, prompt, settings, &mut |e| {
+            let _ = channel.send(e);
+        })
+    })
+    .await
+}

@@ -1,0 +1,346 @@
+//! Conversations and messages in SQLite (WAL, synchronous FULL): a message the UI shows as
+//! saved has been committed to disk, so a crash or kill loses nothing the user saw saved.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use crate::error::AppError;
+
+/// Per-conversation decoding settings, as the UI edits them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatSettings {
+    /// "ar" or "jacobi".
+    pub mode: String,
+    /// "auto" or a number.
+    pub block: String,
+    pub max_tokens: usize,
+    /// Sampling temperature for AR (0 = greedy).
+    pub temperature: f64,
+}
+
+impl Default for ChatSettings {
+    fn default() -> Self {
+        Self {
+            mode: "jacobi".into(),
+            block: "auto".into(),
+            max_tokens: 512,
+            temperature: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conversation {
+    pub id: i64,
+    pub title: String,
+    pub settings: ChatSettings,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    pub id: i64,
+    pub conversation_id: i64,
+    /// "user" or "assistant".
+    pub role: String,
+    pub content: String,
+    /// The generation's statistics (assistant messages).
+    pub stats: Option<serde_json::Value>,
+    /// Every Jacobi iteration of the answer, for replay (assistant messages).
+    pub trajectory: Option<serde_json::Value>,
+    pub created_at: i64,
+}
+
+pub struct Db {
+    conn: Connection,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Db {
+    pub fn open(path: &Path) -> Result<Self, AppError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| AppError::Storage(format!("{}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    pub fn in_memory() -> Result<Self, AppError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Self, AppError> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS conversations (
+                 id INTEGER PRIMARY KEY,
+                 title TEXT NOT NULL,
+                 settings TEXT NOT NULL,
+                 created_at INTEGER NOT NULL,
+                 updated_at INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS messages (
+                 id INTEGER PRIMARY KEY,
+                 conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+                 role TEXT NOT NULL,
+                 content TEXT NOT NULL,
+                 stats TEXT,
+                 trajectory TEXT,
+                 created_at INTEGER NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS messages_by_conversation
+                 ON messages(conversation_id, id);",
+        )?;
+        Ok(Self { conn })
+    }
+
+    pub fn create_conversation(
+        &self,
+        title: &str,
+        settings: &ChatSettings,
+    ) -> Result<Conversation, AppError> {
+        let t = now();
+        self.conn.execute(
+            "INSERT INTO conversations (title, settings, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+            params![title, serde_json::to_string(settings)?, t],
+        )?;
+        self.conversation(self.conn.last_insert_rowid())
+    }
+
+    pub fn conversation(&self, id: i64) -> Result<Conversation, AppError> {
+        self.conn
+            .query_row(
+                "SELECT id, title, settings, created_at, updated_at FROM conversations WHERE id = ?1",
+                [id],
+                row_to_conversation,
+            )
+            .optional()?
+            .ok_or(AppError::NoSuchConversation(id))
+    }
+
+    /// Newest first; `query` matches titles and message text.
+    pub fn list_conversations(&self, query: &str) -> Result<Vec<Conversation>, AppError> {
+        let pattern = format!("%{}%", query.replace('%', "\\%").replace('_', "\\_"));
+        let mut stmt = self.conn.prepare(
+            "SELECT id, title, settings, created_at, updated_at FROM conversations c
+             WHERE ?1 = '%%' OR title LIKE ?1 ESCAPE '\\'
+                OR EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id
+                           AND m.content LIKE ?1 ESCAPE '\\')
+             ORDER BY updated_at DESC, id DESC",
+        )?;
+        let rows = stmt.query_map([pattern], row_to_conversation)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn rename_conversation(&self, id: i64, title: &str) -> Result<Conversation, AppError> {
+        let title = title.trim();
+        if title.is_empty() {
+            return Err(AppError::Invalid("a conversation needs a title".into()));
+        }
+        self.touch(id, "title", title)?;
+        self.conversation(id)
+    }
+
+    pub fn update_settings(
+        &self,
+        id: i64,
+        settings: &ChatSettings,
+    ) -> Result<Conversation, AppError> {
+        self.touch(id, "settings", &serde_json::to_string(settings)?)?;
+        self.conversation(id)
+    }
+
+    fn touch(&self, id: i64, column: &str, value: &str) -> Result<(), AppError> {
+        let sql = format!("UPDATE conversations SET {column} = ?1, updated_at = ?2 WHERE id = ?3");
+        if self.conn.execute(&sql, params![value, now(), id])? == 0 {
+            return Err(AppError::NoSuchConversation(id));
+        }
+        Ok(())
+    }
+
+    pub fn delete_conversation(&self, id: i64) -> Result<(), AppError> {
+        if self
+            .conn
+            .execute("DELETE FROM conversations WHERE id = ?1", [id])?
+            == 0
+        {
+            return Err(AppError::NoSuchConversation(id));
+        }
+        Ok(())
+    }
+
+    pub fn add_message(
+        &self,
+        conversation_id: i64,
+        role: &str,
+        content: &str,
+        stats: Option<&serde_json::Value>,
+        trajectory: Option<&serde_json::Value>,
+    ) -> Result<StoredMessage, AppError> {
+        let t = now();
+        let tx = self.conn.unchecked_transaction()?;
+        let changed = tx.execute(
+            "UPDATE conversations SET updated_at = ?1 WHERE id = ?2",
+            params![t, conversation_id],
+        )?;
+        if changed == 0 {
+            return Err(AppError::NoSuchConversation(conversation_id));
+        }
+        tx.execute(
+            "INSERT INTO messages (conversation_id, role, content, stats, trajectory, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                conversation_id,
+                role,
+                content,
+                stats.map(|s| s.to_string()),
+                trajectory.map(|s| s.to_string()),
+                t
+            ],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(StoredMessage {
+            id,
+            conversation_id,
+            role: role.into(),
+            content: content.into(),
+            stats: stats.cloned(),
+            trajectory: trajectory.cloned(),
+            created_at: t,
+        })
+    }
+
+    pub fn messages(&self, conversation_id: i64) -> Result<Vec<StoredMessage>, AppError> {
+        self.conversation(conversation_id)?;
+        let mut stmt = self.conn.prepare(
+            "SELECT id, conversation_id, role, content, stats, trajectory, created_at
+             FROM messages WHERE conversation_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([conversation_id], |r| {
+            let json = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
+            Ok(StoredMessage {
+                id: r.get(0)?,
+                conversation_id: r.get(1)?,
+                role: r.get(2)?,
+                content: r.get(3)?,
+                stats: json(r.get(4)?),
+                trajectory: json(r.get(5)?),
+                created_at: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Removes the last message if it is the assistant's (regenerate).
+    pub fn pop_assistant(&self, conversation_id: i64) -> Result<Option<StoredMessage>, AppError> {
+        let last = self.messages(conversation_id)?.pop();
+        match last {
+            Some(m) if m.role == "assistant" => {
+                self.conn
+                    .execute("DELETE FROM messages WHERE id = ?1", [m.id])?;
+                Ok(Some(m))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+fn row_to_conversation(r: &rusqlite::Row<'_>) -> rusqlite::Result<Conversation> {
+    let settings: String = r.get(2)?;
+    Ok(Conversation {
+        id: r.get(0)?,
+        title: r.get(1)?,
+        settings: serde_json::from_str(&settings).unwrap_or_default(),
+        created_at: r.get(3)?,
+        updated_at: r.get(4)?,
+    })
+}
+
+/// The conversation as Markdown: a heading, then each message under its role.
+pub fn to_markdown(c: &Conversation, messages: &[StoredMessage]) -> String {
+    let mut out = format!("# {}\n\n", c.title);
+    for m in messages {
+        let who = if m.role == "user" { "You" } else { "Assistant" };
+        out.push_str(&format!("## {who}\n\n{}\n\n", m.content.trim_end()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversations_round_trip_search_and_cascade() {
+        let db = Db::in_memory().unwrap();
+        let a = db
+            .create_conversation("Apples", &ChatSettings::default())
+            .unwrap();
+        let b = db
+            .create_conversation("Pears", &ChatSettings::default())
+            .unwrap();
+        db.add_message(a.id, "user", "how many apples?", None, None)
+            .unwrap();
+        db.add_message(b.id, "user", "100% pears_x", None, None)
+            .unwrap();
+        let found: Vec<i64> = db
+            .list_conversations("apples")
+            .unwrap()
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(found, vec![a.id]);
+        assert_eq!(db.list_conversations("100%").unwrap().len(), 1);
+        assert_eq!(db.list_conversations("").unwrap().len(), 2);
+        db.rename_conversation(a.id, "Fruit").unwrap();
+        assert_eq!(db.conversation(a.id).unwrap().title, "Fruit");
+        assert!(db.rename_conversation(a.id, "  ").is_err());
+        db.add_message(
+            a.id,
+            "assistant",
+            "three",
+            Some(&serde_json::json!({"x": 1})),
+            None,
+        )
+        .unwrap();
+        assert_eq!(db.pop_assistant(a.id).unwrap().unwrap().content, "three");
+        assert!(db.pop_assistant(a.id).unwrap().is_none());
+        db.delete_conversation(a.id).unwrap();
+        assert!(matches!(
+            db.messages(a.id),
+            Err(AppError::NoSuchConversation(_))
+        ));
+        let md = to_markdown(&b, &db.messages(b.id).unwrap());
+        assert!(md.starts_with("# Pears") && md.contains("100% pears_x"));
+    }
+
+    #[test]
+    fn committed_messages_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chats.sqlite");
+        let id = {
+            let db = Db::open(&path).unwrap();
+            let c = db
+                .create_conversation("kept", &ChatSettings::default())
+                .unwrap();
+            db.add_message(c.id, "user", "hello", None, None).unwrap();
+            c.id
+            // dropped without any explicit close or checkpoint
+        };
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.messages(id).unwrap()[0].content, "hello");
+    }
+}

@@ -1,0 +1,68 @@
+//! Fixpoint's desktop app: a thin Tauri shell over the `fixpoint` engine.
+//!
+//! UI (ui/) --invoke--> commands --> chat / models / db --> fixpoint::Engine
+//!     ^------------------ Channel<ChatEvent> ------------------'
+
+pub mod chat;
+pub mod commands;
+pub mod db;
+pub mod error;
+pub mod models;
+pub mod state;
+
+pub use error::AppError;
+pub use state::AppState;
+
+/// Title of a conversation until its first message names it.
+pub const NEW_CHAT_TITLE: &str = "New chat";
+
+/// Where conversations are kept: `chats.sqlite` in Fixpoint's data directory.
+pub fn database_path() -> std::path::PathBuf {
+    fixpoint::model_store::data_dir().join("chats.sqlite")
+}
+
+/// The app with its state and commands; `run` starts it, tests drive it on the mock runtime.
+pub fn builder<R: tauri::Runtime>(state: AppState) -> tauri::Builder<R> {
+    tauri::Builder::<R>::new()
+        .manage(state)
+        .invoke_handler(tauri::generate_handler![
+            commands::list_models,
+            commands::current_model,
+            commands::startup_model,
+            commands::load_model,
+            commands::fetch_default_model,
+            commands::list_conversations,
+            commands::create_conversation,
+            commands::rename_conversation,
+            commands::delete_conversation,
+            commands::get_messages,
+            commands::update_settings,
+            commands::export_conversation,
+            commands::send_message,
+            commands::regenerate,
+            commands::stop_generation,
+            commands::race,
+        ])
+}
+
+pub fn run() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let db = match db::Db::open(&database_path()) {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("error: cannot open {}: {e}", database_path().display());
+            std::process::exit(1);
+        }
+    };
+    builder::<tauri::Wry>(AppState::new(db))
+        .run(tauri::generate_context!())
+        .unwrap_or_else(|e| {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        });
+}

@@ -1,0 +1,278 @@
+//! The app's commands on a tiny model: streaming through a real `Channel`, persistence,
+//! stop, regenerate, race, and the IPC path with the real capability (ACL) on the mock runtime.
+
+use std::sync::{Arc, Mutex};
+
+use fixpoint::testing::{tiny_tokenizer, TinySpec};
+use fixpoint::Engine;
+use fixpoint_desktop::chat::{self, ChatEvent};
+use fixpoint_desktop::db::{ChatSettings, Db};
+use fixpoint_desktop::{commands, AppError, AppState};
+use serde_json::Value;
+use tauri::ipc::{Channel, InvokeResponseBody};
+use tauri::test::{get_ipc_response, mock_builder, INVOKE_KEY};
+use tauri::Manager;
+
+fn tiny_engine(context: usize) -> Engine {
+    let spec = TinySpec {
+        context,
+        ..Default::default()
+    };
+    Engine::from_parts(
+        spec.build_fast().unwrap(),
+        tiny_tokenizer(),
+        std::path::Path::new("tiny"),
+    )
+}
+
+fn state_with_model() -> AppState {
+    let state = AppState::new(Db::in_memory().unwrap());
+    state.set_engine(tiny_engine(512));
+    state
+}
+
+/// A Channel that records every message as JSON.
+fn recording_channel<T: serde::Serialize>() -> (Channel<T>, Arc<Mutex<Vec<Value>>>) {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let channel = Channel::new(move |body| {
+        let v = match body {
+            InvokeResponseBody::Json(s) => serde_json::from_str(&s).unwrap(),
+            InvokeResponseBody::Raw(b) => serde_json::from_slice(&b).unwrap(),
+        };
+        sink.lock().unwrap().push(v);
+        Ok(())
+    });
+    (channel, got)
+}
+
+fn mock_app(state: AppState) -> tauri::App<tauri::test::MockRuntime> {
+    fixpoint_desktop::builder(state)
+        .build(tauri::generate_context!())
+        .expect("mock app builds")
+}
+
+#[test]
+fn an_answer_streams_through_a_channel_and_is_saved() {
+    let app = mock_app(state_with_model());
+    let state = app.state::<AppState>();
+    let c = state
+        .with_db(|db| {
+            db.create_conversation(
+                fixpoint_desktop::NEW_CHAT_TITLE,
+                &ChatSettings {
+                    block: "4".into(),
+                    max_tokens: 40,
+                    ..Default::default()
+                },
+            )
+        })
+        .unwrap();
+    let (channel, got) = recording_channel::<ChatEvent>();
+    let saved = tauri::async_runtime::block_on(commands::send_message(
+        app.handle().clone(),
+        c.id,
+        "count to ten".into(),
+        channel,
+    ))
+    .unwrap();
+
+    let events = got.lock().unwrap().clone();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"started"));
+    assert_eq!(kinds.last(), Some(&"done"));
+    let iterations: Vec<&Value> = events.iter().filter(|e| e["kind"] == "iteration").collect();
+    let done = events.last().unwrap();
+    assert_eq!(
+        iterations.len() as u64,
+        done["stats"]["forward_passes"].as_u64().unwrap(),
+        "one iteration event per forward pass"
+    );
+    for (i, it) in iterations.iter().enumerate() {
+        assert_eq!(
+            it["index"].as_u64().unwrap(),
+            i as u64,
+            "iterations in order"
+        );
+        assert_eq!(
+            it["after"].as_array().unwrap().len(),
+            it["after_ids"].as_array().unwrap().len()
+        );
+    }
+    let text: String = events
+        .iter()
+        .filter(|e| e["kind"] == "text")
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, saved.content, "the streamed text is the saved answer");
+
+    let messages = state.with_db(|db| db.messages(c.id)).unwrap();
+    assert_eq!(messages.len(), 2);
+    assert_eq!(messages[0].content, "count to ten");
+    assert_eq!(
+        messages[1]
+            .trajectory
+            .as_ref()
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        iterations.len()
+    );
+    let renamed = state.with_db(|db| db.conversation(c.id)).unwrap();
+    assert_eq!(renamed.title, "count to ten");
+
+    // Regenerate replaces the answer instead of adding one.
+    let (channel, _) = recording_channel::<ChatEvent>();
+    tauri::async_runtime::block_on(commands::regenerate(app.handle().clone(), c.id, channel))
+        .unwrap();
+    assert_eq!(state.with_db(|db| db.messages(c.id)).unwrap().len(), 2);
+}
+
+#[test]
+fn stop_cancels_within_a_pass_and_keeps_what_was_shown() {
+    let state = AppState::new(Db::in_memory().unwrap());
+    state.set_engine(tiny_engine(4096));
+    let c = state
+        .with_db(|db| {
+            db.create_conversation(
+                "long",
+                &ChatSettings {
+                    block: "4".into(),
+                    max_tokens: 4000,
+                    ..Default::default()
+                },
+            )
+        })
+        .unwrap();
+    let mut passes = 0;
+    let saved = chat::answer(&state, c.id, Some("go".into()), &mut |e| {
+        if let ChatEvent::Iteration(_) = e {
+            passes += 1;
+            if passes == 5 {
+                assert!(state.cancel_job());
+            }
+        }
+    })
+    .unwrap();
+    assert_eq!(passes, 5, "no pass after the stop");
+    let stats = saved.stats.unwrap();
+    assert_eq!(stats["stop_reason"], "cancelled");
+    assert_eq!(stats["forward_passes"], 5);
+    // The job slot is free again.
+    assert!(!state.cancel_job());
+}
+
+#[test]
+fn errors_come_back_typed() {
+    let state = AppState::new(Db::in_memory().unwrap());
+    let c = state
+        .with_db(|db| db.create_conversation("x", &ChatSettings::default()))
+        .unwrap();
+    let err = chat::answer(&state, c.id, Some("hi".into()), &mut |_| {}).unwrap_err();
+    assert!(matches!(err, AppError::NoModel));
+    assert_eq!(serde_json::to_value(&err).unwrap()["kind"], "no_model");
+
+    state.set_engine(tiny_engine(512));
+    let bad = ChatSettings {
+        block: "0".into(),
+        ..Default::default()
+    };
+    state.with_db(|db| db.update_settings(c.id, &bad)).unwrap();
+    let err = chat::answer(&state, c.id, Some("hi".into()), &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("block"), "{err}");
+    let err = chat::answer(&state, 999, Some("hi".into()), &mut |_| {}).unwrap_err();
+    assert!(matches!(err, AppError::NoSuchConversation(999)));
+    let missing =
+        fixpoint_desktop::models::load(&state, std::path::Path::new("/nope.gguf")).unwrap_err();
+    assert!(missing.to_string().contains("not found"), "{missing}");
+}
+
+#[test]
+fn race_reports_both_decoders_on_the_same_prompt() {
+    let state = state_with_model();
+    let mut finished = None;
+    chat::race(
+        &state,
+        "abc".into(),
+        ChatSettings {
+            block: "4".into(),
+            max_tokens: 30,
+            ..Default::default()
+        },
+        &mut |e| {
+            if let chat::RaceEvent::Finished {
+                identical, speedup, ..
+            } = e
+            {
+                finished = Some((identical, speedup));
+            }
+        },
+    )
+    .unwrap();
+    let (identical, speedup) = finished.expect("race finished");
+    assert!(identical, "Jacobi is lossless");
+    assert!(speedup > 0.0);
+}
+
+fn ipc(
+    webview: &tauri::WebviewWindow<tauri::test::MockRuntime>,
+    cmd: &str,
+    body: Value,
+) -> Result<Value, Value> {
+    get_ipc_response(
+        webview,
+        tauri::webview::InvokeRequest {
+            cmd: cmd.into(),
+            callback: tauri::ipc::CallbackFn(0),
+            error: tauri::ipc::CallbackFn(1),
+            url: "tauri://localhost".parse().unwrap(),
+            body: tauri::ipc::InvokeBody::Json(body),
+            headers: Default::default(),
+            invoke_key: INVOKE_KEY.to_string(),
+        },
+    )
+    .map(|b| b.deserialize::<Value>().unwrap())
+}
+
+#[test]
+fn the_window_may_call_our_commands_and_nothing_else() {
+    let app = mock_builder()
+        .manage(AppState::new(Db::in_memory().unwrap()))
+        .invoke_handler(tauri::generate_handler![
+            commands::create_conversation,
+            commands::list_conversations,
+        ])
+        .build(tauri::generate_context!())
+        .unwrap();
+    let webview = tauri::WebviewWindowBuilder::new(&app, "main", Default::default())
+        .build()
+        .unwrap();
+    let created = ipc(&webview, "create_conversation", serde_json::json!({})).unwrap();
+    assert_eq!(created["title"], "New chat");
+    let listed = ipc(
+        &webview,
+        "list_conversations",
+        serde_json::json!({"query": ""}),
+    )
+    .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    // Core and plugin commands the capability does not grant are refused.
+    assert!(ipc(
+        &webview,
+        "plugin:fs|read_file",
+        serde_json::json!({"path": "/etc/passwd"})
+    )
+    .is_err());
+    assert!(ipc(&webview, "plugin:window|close", serde_json::json!({})).is_err());
+    // The capability names the main window only: another window gets nothing, not even ours.
+    let other = tauri::WebviewWindowBuilder::new(&app, "other", Default::default())
+        .build()
+        .unwrap();
+    let refused = ipc(
+        &other,
+        "list_conversations",
+        serde_json::json!({"query": ""}),
+    );
+    assert!(refused.is_err(), "{refused:?}");
+}

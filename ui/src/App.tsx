@@ -1,0 +1,336 @@
+// The app: model bar on top, conversations on the left, the chat (or the race) in the middle,
+// the Jacobi visualizer on the right.
+
+import { useEffect, useRef, useState } from "preact/hooks";
+import { api, errorText } from "./api";
+import { FrameBatcher } from "./batch";
+import { Messages } from "./chat/Messages";
+import { SettingsBar } from "./chat/Settings";
+import { Sidebar } from "./chat/Sidebar";
+import { ModelBar } from "./ModelBar";
+import { RacePanel, type RaceResult } from "./Race";
+import { emptyViz, reduce, replayState, type VizInput, type VizState } from "./visualizer/reduce";
+import { Visualizer } from "./visualizer/Visualizer";
+import type {
+  ChatEvent,
+  ChatSettings,
+  Conversation,
+  ModelEntry,
+  ModelInfo,
+  RaceEvent,
+  StoredMessage,
+} from "./types";
+
+const DEFAULT_SETTINGS: ChatSettings = { mode: "jacobi", block: "auto", max_tokens: 512, temperature: 0 };
+
+export function App() {
+  const [models, setModels] = useState<ModelEntry[]>([]);
+  const [current, setCurrent] = useState<ModelInfo | null>(null);
+  const [loading, setLoading] = useState<string | null>(null);
+  const [fetching, setFetching] = useState<string[] | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  const [conversations, setConversations] = useState<Conversation[]>([]);
+  const [query, setQuery] = useState("");
+  const [activeId, setActiveId] = useState<number | null>(null);
+  const [messages, setMessages] = useState<StoredMessage[]>([]);
+  const [settings, setSettings] = useState<ChatSettings>(DEFAULT_SETTINGS);
+  const [busy, setBusy] = useState(false);
+  const [streaming, setStreaming] = useState<string | null>(null);
+  const [draft, setDraft] = useState("");
+  const [viz, setViz] = useState<VizState>(emptyViz());
+  const [vizLive, setVizLive] = useState(false);
+  const [vizTitle, setVizTitle] = useState("");
+  const [arSpeed, setArSpeed] = useState<number | null>(null);
+  const [tab, setTab] = useState<"chat" | "race">("chat");
+  const [raceRun, setRaceRun] = useState<{ lane: string; ar: string; jacobi: string } | null>(null);
+  const [raceResult, setRaceResult] = useState<RaceResult | null>(null);
+  const activeRef = useRef<number | null>(null);
+  activeRef.current = activeId;
+
+  const refreshConversations = async (q = query) => setConversations(await api.listConversations(q));
+  const refreshModels = async () => setModels(await api.listModels());
+
+  const loadModel = async (path: string) => {
+    setLoading(path);
+    setError(null);
+    try {
+      setCurrent(await api.loadModel(path));
+      setArSpeed(null);
+    } catch (e) {
+      setError(`Could not load ${path}: ${errorText(e)}`);
+    } finally {
+      setLoading(null);
+    }
+  };
+
+  useEffect(() => {
+    (async () => {
+      try {
+        await Promise.all([refreshModels(), refreshConversations("")]);
+        setCurrent(await api.currentModel());
+        const first = await api.startupModel();
+        if (first) await loadModel(first);
+      } catch (e) {
+        setError(errorText(e));
+      }
+    })();
+  }, []);
+
+  useEffect(() => {
+    const t = setTimeout(() => refreshConversations(query).catch((e) => setError(errorText(e))), 150);
+    return () => clearTimeout(t);
+  }, [query]);
+
+  const open = async (id: number) => {
+    const c = conversations.find((c) => c.id === id);
+    setActiveId(id);
+    setSettings(c?.settings ?? DEFAULT_SETTINGS);
+    setMessages(await api.getMessages(id));
+    setTab("chat");
+  };
+
+  const newChat = async () => {
+    const c = await api.createConversation();
+    await refreshConversations();
+    setActiveId(c.id);
+    setSettings(c.settings);
+    setMessages([]);
+    setTab("chat");
+    return c;
+  };
+
+  const changeSettings = async (s: ChatSettings) => {
+    setSettings(s);
+    if (activeId === null) return;
+    try {
+      await api.updateSettings(activeId, s);
+      setError(null);
+      await refreshConversations();
+    } catch (e) {
+      setError(errorText(e));
+    }
+  };
+
+  /** Streams an answer: events are applied once per animation frame. */
+  const stream = async (run: (on: (e: ChatEvent) => void) => Promise<StoredMessage>, title: string) => {
+    setBusy(true);
+    setStreaming("");
+    setViz(emptyViz());
+    setVizLive(true);
+    setVizTitle(title);
+    setError(null);
+    const batcher = new FrameBatcher<ChatEvent>((events) => {
+      const inputs: VizInput[] = [];
+      let text = "";
+      for (const e of events) {
+        if (e.kind === "started" && e.user_message) {
+          const m = e.user_message;
+          setMessages((ms) => [...ms, m]);
+        } else if (e.kind === "text") {
+          text += e.delta;
+          inputs.push({ kind: "tokens", ids: e.ids });
+        } else if (e.kind === "iteration") {
+          inputs.push({ kind: "iteration", iteration: e });
+        } else if (e.kind === "done") {
+          if (e.ar_tokens_per_second) setArSpeed(e.ar_tokens_per_second);
+        }
+      }
+      if (text) setStreaming((s) => (s ?? "") + text);
+      if (inputs.length) setViz((v) => reduce(v, inputs));
+    });
+    try {
+      await run((e) => batcher.push(e));
+    } catch (e) {
+      setError(errorText(e));
+    } finally {
+      batcher.drain();
+      setBusy(false);
+      setStreaming(null);
+      setVizLive(false);
+      if (activeRef.current !== null) setMessages(await api.getMessages(activeRef.current));
+      await refreshConversations();
+    }
+  };
+
+  const send = async () => {
+    const text = draft.trim();
+    if (!text || busy) return;
+    let id = activeId;
+    if (id === null) id = (await newChat()).id;
+    setDraft("");
+    await stream((on) => api.sendMessage(id!, text, on), text.slice(0, 60));
+  };
+
+  const regenerate = async () => {
+    if (activeId === null || busy) return;
+    setMessages((ms) => (ms.length && ms[ms.length - 1].role === "assistant" ? ms.slice(0, -1) : ms));
+    await stream((on) => api.regenerate(activeId, on), "regenerated answer");
+  };
+
+  const replay = (m: StoredMessage) => {
+    if (!m.trajectory || !m.stats) return;
+    setViz(replayState(m.trajectory, m.stats.token_ids));
+    setVizLive(false);
+    setVizTitle(`replay: ${m.content.slice(0, 60)}`);
+  };
+
+  const race = async (prompt: string) => {
+    setBusy(true);
+    setRaceResult(null);
+    setViz(emptyViz());
+    setVizLive(true);
+    setVizTitle(`race: ${prompt.slice(0, 60)}`);
+    const texts = { lane: "ar", ar: "", jacobi: "" };
+    setRaceRun({ ...texts });
+    const batcher = new FrameBatcher<RaceEvent>((events) => {
+      const inputs: VizInput[] = [];
+      for (const e of events) {
+        if (e.kind === "finished") {
+          setRaceResult(e);
+          setArSpeed(e.ar.tokens_per_second);
+        } else {
+          texts.lane = e.lane;
+          if (e.event.kind === "text") {
+            texts[e.lane] += e.event.delta;
+            if (e.lane === "jacobi") inputs.push({ kind: "tokens", ids: e.event.ids });
+          } else if (e.event.kind === "iteration" && e.lane === "jacobi") {
+            inputs.push({ kind: "iteration", iteration: e.event });
+          }
+        }
+      }
+      setRaceRun({ ...texts });
+      if (inputs.length) setViz((v) => reduce(v, inputs));
+    });
+    try {
+      await api.race(prompt, settings, (e) => batcher.push(e));
+    } catch (e) {
+      setError(errorText(e));
+    } finally {
+      batcher.drain();
+      setBusy(false);
+      setVizLive(false);
+    }
+  };
+
+  const exportConversation = async (id: number, format: "markdown" | "json") => {
+    try {
+      const path = await api.exportConversation(id, format);
+      setError(null);
+      alertInfo(`Exported to ${path}`);
+    } catch (e) {
+      setError(errorText(e));
+    }
+  };
+  const [info, setInfo] = useState<string | null>(null);
+  const alertInfo = (s: string) => {
+    setInfo(s);
+    setTimeout(() => setInfo(null), 6000);
+  };
+
+  return (
+    <div class="app">
+      <ModelBar
+        models={models}
+        current={current}
+        loading={loading}
+        fetching={fetching}
+        onLoad={loadModel}
+        onFetch={async () => {
+          setFetching([]);
+          try {
+            const path = await api.fetchDefaultModel((e) => {
+              if (e.kind === "log" && e.line) setFetching((l) => [...(l ?? []), e.line!]);
+            });
+            await refreshModels();
+            await loadModel(path);
+          } catch (e) {
+            setError(errorText(e));
+          } finally {
+            setFetching(null);
+          }
+        }}
+      />
+      {error && (
+        <div class="error" data-testid="error" onClick={() => setError(null)}>
+          {error}
+        </div>
+      )}
+      {info && <div class="info">{info}</div>}
+      <div class="main">
+        <Sidebar
+          conversations={conversations}
+          activeId={activeId}
+          query={query}
+          onQuery={setQuery}
+          onNew={newChat}
+          onOpen={open}
+          onRename={async (id, title) => {
+            try {
+              await api.renameConversation(id, title);
+              await refreshConversations();
+            } catch (e) {
+              setError(errorText(e));
+            }
+          }}
+          onDelete={async (id) => {
+            await api.deleteConversation(id);
+            if (id === activeId) {
+              setActiveId(null);
+              setMessages([]);
+            }
+            await refreshConversations();
+          }}
+          onExport={exportConversation}
+        />
+        <div class="center">
+          <nav class="tabs">
+            <button class={tab === "chat" ? "on" : ""} onClick={() => setTab("chat")}>
+              Chat
+            </button>
+            <button class={tab === "race" ? "on" : ""} data-testid="tab-race" onClick={() => setTab("race")}>
+              Race
+            </button>
+          </nav>
+          {tab === "chat" ? (
+            <>
+              <SettingsBar settings={settings} disabled={busy} onChange={changeSettings} />
+              <Messages
+                messages={messages}
+                streaming={streaming}
+                busy={busy}
+                onReplay={replay}
+                onRegenerate={regenerate}
+              />
+              <div class="composer">
+                <textarea
+                  value={draft}
+                  placeholder={current ? "Ask something (Enter to send, Shift+Enter for a new line)" : "Load a model first"}
+                  data-testid="composer"
+                  onInput={(e) => setDraft((e.target as HTMLTextAreaElement).value)}
+                  onKeyDown={(e) => {
+                    if (e.key === "Enter" && !e.shiftKey) {
+                      e.preventDefault();
+                      send();
+                    }
+                  }}
+                />
+                {busy ? (
+                  <button class="stop" data-testid="stop" onClick={() => api.stop()}>
+                    Stop
+                  </button>
+                ) : (
+                  <button class="primary" data-testid="send" disabled={!draft.trim() || !current} onClick={send}>
+                    Send
+                  </button>
+                )}
+              </div>
+            </>
+          ) : (
+            <RacePanel busy={busy || !current} running={raceRun} result={raceResult} onRace={race} />
+          )}
+        </div>
+        <Visualizer viz={viz} live={vizLive} arTokensPerSecond={arSpeed} title={vizTitle} />
+      </div>
+    </div>
+  );
+}

@@ -1,0 +1,64 @@
+// Per-conversation decoding settings.
+
+import type { ChatSettings } from "../types";
+
+export function SettingsBar(props: {
+  settings: ChatSettings;
+  disabled: boolean;
+  onChange: (s: ChatSettings) => void;
+}) {
+  const s = props.settings;
+  const set = (patch: Partial<ChatSettings>) => props.onChange({ ...s, ...patch });
+  return (
+    <div class="settings" data-testid="settings">
+      <label>
+        decoder
+        <select
+          value={s.mode}
+          disabled={props.disabled}
+          data-testid="setting-mode"
+          onChange={(e) => set({ mode: (e.target as HTMLSelectElement).value as ChatSettings["mode"] })}
+        >
+          <option value="jacobi">Jacobi</option>
+          <option value="ar">AR (one token per pass)</option>
+        </select>
+      </label>
+      {s.mode === "jacobi" ? (
+        <label>
+          block
+          <input
+            value={s.block}
+            size={5}
+            disabled={props.disabled}
+            data-testid="setting-block"
+            onChange={(e) => set({ block: (e.target as HTMLInputElement).value.trim() || "auto" })}
+          />
+        </label>
+      ) : (
+        <label>
+          temperature
+          <input
+            type="number"
+            min={0}
+            max={2}
+            step={0.1}
+            value={s.temperature}
+            disabled={props.disabled}
+            onChange={(e) => set({ temperature: Number((e.target as HTMLInputElement).value) })}
+          />
+        </label>
+      )}
+      <label>
+        max tokens
+        <input
+          type="number"
+          min={1}
+          value={s.max_tokens}
+          disabled={props.disabled}
+          data-testid="setting-max-tokens"
+          onChange={(e) => set({ max_tokens: Number((e.target as HTMLInputElement).value) })}
+        />
+      </label>
+    </div>
+  );
+}
