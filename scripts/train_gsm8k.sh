@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The real consistency-training run on the default model (issue 4; figures in BENCHMARKS.md).
-# Holds the first 100 GSM8K prompts out for evaluation, collects Jacobi trajectories of the
-# next $PROMPTS prompts, trains, and benchmarks the model before and after on the held-out ones.
+# The real consistency-training run on the default model (figures in BENCHMARKS.md).
+# Holds the first 100 GSM8K prompts out for evaluation, collects Jacobi trajectories of the next
+# $PROMPTS prompts, trains, and measures base and trained model on the held-out prompts:
+# tokens per pass and wall-clock speed at blocks 8 and 16 on the first 20, answer accuracy on
+# all 100. The base model is exported as a float folder first, so that both run on the same
+# weight format (the CPU kernels requantize float folders to Q8_0).
 # Every stage continues where it stopped when run again (trajectories by their progress file,
-# training with --resume), so the script can be interrupted at any point.
+# training with --resume, finished measurements are kept).
 #
 #   scripts/train_gsm8k.sh [work dir, default runs/gsm8k]
 set -euo pipefail
@@ -12,27 +15,19 @@ WORK=${1:-runs/gsm8k}
 PROMPTS=${PROMPTS:-120}
 MAX_NEW=${MAX_NEW:-128}
 BLOCK=${BLOCK:-16}
-STEPS=${STEPS:-400}
-LR=${LR:-5e-5}
+STEPS=${STEPS:-500}
+LR=${LR:-1e-4}
 EVAL=${EVAL:-100}
+SPEED_PROMPTS=${SPEED_PROMPTS:-20}
 EVAL_TOKENS=${EVAL_TOKENS:-128}
 DATA=${DATA:-../shared/data/gsm8k/train.jsonl}
 mkdir -p "$WORK"
-cargo build --release --locked
-FP=target/release/fixpoint
-[ -n "${CARGO_TARGET_DIR:-}" ] && FP="$CARGO_TARGET_DIR/release/fixpoint"
+cargo build --release --locked -p fixpoint
+FP="${CARGO_TARGET_DIR:-target}/release/fixpoint"
 "$FP" models fetch
-
 stage() { echo "== $* ($(date +%H:%M:%S))" >&2; }
 
-if [ ! -f "$WORK/before.json" ]; then
-  stage "baseline on $EVAL held-out prompts"
-  "$FP" bench --prompts "$DATA" --limit "$EVAL" --max-tokens "$EVAL_TOKENS" \
-    --blocks 8,16 --cost-sizes 1,8,16 --json > "$WORK/before.json.tmp"
-  mv "$WORK/before.json.tmp" "$WORK/before.json"
-fi
-
-stage "trajectories of $PROMPTS prompts"
+stage "trajectories of $PROMPTS prompts after the $EVAL held out"
 "$FP" trajectories --prompts "$DATA" --skip "$EVAL" --limit "$PROMPTS" \
   --block "$BLOCK" --max-new "$MAX_NEW" --out "$WORK/trajectories.jsonl"
 
@@ -45,10 +40,21 @@ if [ ! -f "$WORK/model/model.safetensors" ]; then
   fi
 fi
 
-if [ ! -f "$WORK/after.json" ]; then
-  stage "trained model on the same held-out prompts"
-  "$FP" bench --model "$WORK/model" --prompts "$DATA" --limit "$EVAL" \
-    --max-tokens "$EVAL_TOKENS" --blocks 8,16 --cost-sizes 1,8,16 --json > "$WORK/after.json.tmp"
-  mv "$WORK/after.json.tmp" "$WORK/after.json"
-fi
-stage "done: $WORK/before.json and $WORK/after.json"
+[ -d "$WORK/base" ] || "$FP" models export --out "$WORK/base"
+measure() { # name, output, bench arguments...
+  local out="$WORK/$2"; shift 2
+  [ -f "$out" ] && return
+  "$FP" bench --prompts "$DATA" --max-tokens "$EVAL_TOKENS" --json "$@" > "$out.tmp"
+  mv "$out.tmp" "$out"
+}
+for m in base model; do
+  stage "speed of $m"
+  measure "$m" "speed-$m.json" --model "$WORK/$m" --limit "$SPEED_PROMPTS" --blocks 8,16 \
+    --cost-sizes 1,8,16 --repetitions 5
+done
+for m in base model; do
+  stage "accuracy of $m"
+  measure "$m" "accuracy-$m.json" --model "$WORK/$m" --limit "$EVAL" --blocks 1 \
+    --cost-sizes 1 --repetitions 1
+done
+stage "done: $WORK/speed-*.json and $WORK/accuracy-*.json"

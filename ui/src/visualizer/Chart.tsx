@@ -14,7 +14,7 @@ export function LineChart(props: { title: string; values: number[]; color: strin
       {
         title: props.title,
         width: 300,
-        height: 140,
+        height: 120,
         scales: { x: { time: false } },
         axes: [{ size: 24 }, { size: 36 }],
         legend: { show: false },

@@ -2,7 +2,7 @@
 // coloured by state), charts of tokens per iteration and tokens/s, the speedup against AR, and
 // a scrubber to replay a finished answer iteration by iteration.
 
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import { speedup, visibleRows, type VizState } from "./reduce";
 import { LineChart } from "./Chart";
 
@@ -24,6 +24,11 @@ export function Visualizer(props: {
   const tpi = total > 0 ? viz.tokens / total : 0;
   const tps = viz.ms > 0 ? (viz.tokens * 1000) / viz.ms : 0;
   const s = speedup(viz, props.arTokensPerSecond);
+  // While live, keep the newest row in view.
+  const list = useRef<HTMLDivElement>(null);
+  useEffect(() => {
+    if (props.live && list.current) list.current.scrollTop = list.current.scrollHeight;
+  }, [total, props.live]);
 
   return (
     <section class="visualizer" data-testid="visualizer" data-iterations={total}>
@@ -69,7 +74,7 @@ export function Visualizer(props: {
         </label>
       )}
       {upTo > WINDOW && <div class="earlier">{upTo - WINDOW} earlier iterations not drawn</div>}
-      <div class="rows" data-testid="viz-rows">
+      <div class="rows" data-testid="viz-rows" ref={list}>
         {rows.map((r) => (
           <div class="row" key={r.index} data-testid="viz-row">
             <span class="idx">{r.index + 1}</span>
