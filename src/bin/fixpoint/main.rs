@@ -169,6 +169,9 @@ struct BenchArgs {
     /// Jacobi block sizes to compare with AR (numbers or auto).
     #[arg(long, value_delimiter = ',', default_value = "auto,1,2,4,8,16,32")]
     blocks: Vec<fixpoint::BlockSpec>,
+    /// Greedy AR only, no Jacobi decoders (e.g. to score answers quickly).
+    #[arg(long, conflicts_with = "blocks")]
+    ar_only: bool,
     /// Token counts m for the forward-cost curve.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64")]
     cost_sizes: Vec<usize>,
@@ -468,7 +471,11 @@ fn bench(args: BenchArgs) -> Result<()> {
         prompts: examples.iter().map(|e| e.prompt.clone()).collect(),
         references: examples.into_iter().map(|e| e.reference).collect(),
         max_tokens: args.max_tokens,
-        blocks: args.blocks.clone(),
+        blocks: if args.ar_only {
+            Vec::new()
+        } else {
+            args.blocks.clone()
+        },
         cost_sizes: args.cost_sizes.clone(),
         cache_tokens: args.cache_tokens,
         repetitions: args.repetitions,
