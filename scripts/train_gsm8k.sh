@@ -3,7 +3,7 @@
 # Holds the first 100 GSM8K prompts out for evaluation, collects Jacobi trajectories of the next
 # $PROMPTS prompts, trains, and measures base and trained model on the held-out prompts:
 # tokens per pass and wall-clock speed at blocks 8 and 16 on the first 20, answer accuracy on
-# all 100. The base model is exported as a float folder first, so that both run on the same
+# all 100 (greedy AR, up to 400 tokens). The base model is exported as a float folder first, so that both run on the same
 # weight format (the CPU kernels requantize float folders to Q8_0).
 # Every stage continues where it stopped when run again (trajectories by their progress file,
 # training with --resume, finished measurements are kept).
@@ -20,6 +20,7 @@ LR=${LR:-1e-4}
 EVAL=${EVAL:-100}
 SPEED_PROMPTS=${SPEED_PROMPTS:-20}
 EVAL_TOKENS=${EVAL_TOKENS:-128}
+ANSWER_TOKENS=${ANSWER_TOKENS:-400}
 DATA=${DATA:-../shared/data/gsm8k/train.jsonl}
 mkdir -p "$WORK"
 cargo build --release --locked -p fixpoint
@@ -44,17 +45,18 @@ fi
 measure() { # name, output, bench arguments...
   local out="$WORK/$2"; shift 2
   [ -f "$out" ] && return
-  "$FP" bench --prompts "$DATA" --max-tokens "$EVAL_TOKENS" --json "$@" > "$out.tmp"
+  "$FP" bench --prompts "$DATA" --json "$@" > "$out.tmp"
   mv "$out.tmp" "$out"
 }
 for m in base model; do
   stage "speed of $m"
   measure "$m" "speed-$m.json" --model "$WORK/$m" --limit "$SPEED_PROMPTS" --blocks 8,16 \
+    --max-tokens "$EVAL_TOKENS" \
     --cost-sizes 1,8,16 --repetitions 5
 done
 for m in base model; do
   stage "accuracy of $m"
-  measure "$m" "accuracy-$m.json" --model "$WORK/$m" --limit "$EVAL" --blocks 1 \
-    --cost-sizes 1 --repetitions 1
+  measure "$m" "accuracy-$m.json" --model "$WORK/$m" --limit "$EVAL" --ar-only \
+    --max-tokens "$ANSWER_TOKENS" --cost-sizes 1 --repetitions 1
 done
 stage "done: $WORK/speed-*.json and $WORK/accuracy-*.json"
