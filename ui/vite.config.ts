@@ -1,8 +1,8 @@
 import { defineConfig, type Plugin } from "vite";
 import preact from "@preact/preset-vite";
 
-// WebKitGTK fetches `crossorigin` module scripts in CORS mode, which Tauri's tauri:// scheme
-// does not satisfy: the script never runs. Same-origin bundles need no such attribute.
+// The bundle is same-origin, so it needs no `crossorigin`; without it, asset loads stay plain
+// same-origin requests under the tauri:// scheme instead of CORS-mode ones.
 const noCrossorigin = (): Plugin => ({
   name: "no-crossorigin",
   transformIndexHtml: (html) => html.replace(/ crossorigin/g, ""),
