@@ -185,13 +185,22 @@ pub fn read_hf_config(dir: &Path) -> Result<HfConfig> {
 
 /// Writes `config.json` and `model.safetensors` (f32) into `dir`, each atomically.
 pub fn save_hf(model: &Transformer, dir: &Path) -> Result<()> {
+    save_hf_tensors(model.config(), &model.hf_tensors()?, dir)
+}
+
+/// Writes `config.json` for `cfg` and `tensors` (under Hugging Face names) as
+/// `model.safetensors` into `dir`, each atomically.
+pub fn save_hf_tensors(
+    cfg: &Config,
+    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+    dir: &Path,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let cfg = serde_json::to_vec_pretty(&model.config().to_hf()).expect("config serializes");
-    write_atomic(&dir.join("config.json"), &cfg)?;
-    let tensors = model.hf_tensors()?;
+    let json = serde_json::to_vec_pretty(&cfg.to_hf()).expect("config serializes");
+    write_atomic(&dir.join("config.json"), &json)?;
     let target = dir.join("model.safetensors");
     let tmp = dir.join(".model.safetensors.tmp");
-    candle_core::safetensors::save(&tensors, &tmp)?;
+    candle_core::safetensors::save(tensors, &tmp)?;
     std::fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))?;
     Ok(())
 }

@@ -96,16 +96,21 @@ pub fn save<S: Serialize>(
     Ok(done)
 }
 
+/// The loop state saved in checkpoint folder `path`.
+pub fn read_state<S: DeserializeOwned>(path: &Path) -> Result<S> {
+    let state_path = path.join("state.json");
+    let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::Training(format!("{}: {e}", state_path.display())))
+}
+
 /// Restores weights and optimizer moments from checkpoint folder `path`; returns its state.
 pub fn load<S: DeserializeOwned>(
     path: &Path,
     params: &[(String, Var)],
     adam: &mut AdamW,
 ) -> Result<S> {
-    let state_path = path.join("state.json");
-    let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
-    let state: S = serde_json::from_str(&text)
-        .map_err(|e| Error::Training(format!("{}: {e}", state_path.display())))?;
+    let state: S = read_state(path)?;
     let weights = candle_core::safetensors::load(path.join("weights.safetensors"), &Device::Cpu)?;
     let moments = candle_core::safetensors::load(path.join("optimizer.safetensors"), &Device::Cpu)?;
     let get = |map: &HashMap<String, Tensor>, key: &str, like: &Var| -> Result<Tensor> {

@@ -300,7 +300,6 @@ pub fn train(
     };
     let t0 = Instant::now();
     let first = state.step;
-    let mut last_checkpoint = existing;
     while state.step < total {
         if cancel.is_cancelled() {
             let path = checkpoint::save(out, state.step, &params, &adam, &state)?;
@@ -339,12 +338,10 @@ pub fn train(
             let path = checkpoint::save(out, state.step, &params, &adam, &state)?;
             on_event(&TrainEvent::Checkpoint {
                 step: state.step,
-                path: path.clone(),
+                path,
             });
-            last_checkpoint = Some(path);
         }
     }
-    let _ = last_checkpoint;
     save_model(&model, &tokenizer, out, &state)?;
     let _ = std::fs::remove_dir_all(checkpoint::dir(out));
     on_event(&TrainEvent::Finished { model: out.clone() });
@@ -441,13 +438,8 @@ fn save_model(
     out: &Path,
     state: &TrainState,
 ) -> Result<()> {
-    let cfg = serde_json::to_vec_pretty(&model.config().to_hf()).expect("config serializes");
-    write_atomic(&out.join("config.json"), &cfg)?;
+    crate::model::save_hf_tensors(model.config(), &model.hf_tensors(), out)?;
     tokenizer.save(out)?;
-    let target = out.join("model.safetensors");
-    let tmp = out.join(".model.safetensors.tmp");
-    candle_core::safetensors::save(&model.hf_tensors(), &tmp)?;
-    std::fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))?;
     write_atomic(
         &out.join("training.json"),
         serde_json::to_string_pretty(state)

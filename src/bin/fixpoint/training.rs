@@ -281,8 +281,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
         let Some(ckpt) = train::checkpoint::latest(&args.out)? else {
             bail!("{} holds no checkpoint to resume", args.out.display());
         };
-        let state: train::trainer::TrainState =
-            serde_json::from_slice(&std::fs::read(ckpt.join("state.json"))?)?;
+        let state: train::trainer::TrainState = train::checkpoint::read_state(&ckpt)?;
         state.settings
     } else {
         args.settings()?
