@@ -93,7 +93,7 @@ impl TrainSettings {
 }
 
 /// One optimizer update, as the CLI prints it and the app plots it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepStats {
     pub step: usize,
     pub total_steps: usize,
