@@ -19,6 +19,15 @@ fn main() {
             "regenerate",
             "stop_generation",
             "race",
+            "training_plan",
+            "conversation_prompts",
+            "file_prompts",
+            "list_training_jobs",
+            "start_training",
+            "resume_training",
+            "cancel_training",
+            "delete_training_job",
+            "rename_trained_model",
         ]),
     ))
     .expect("tauri build script");

@@ -13,6 +13,8 @@ use crate::db::{self, ChatSettings, Conversation, StoredMessage};
 use crate::error::AppError;
 use crate::models::{self, FetchEvent, ModelEntry};
 use crate::state::AppState;
+use crate::training::{self, JobView, TrainingPlan};
+use fixpoint::train::job::{Job, JobEvent, JobSettings};
 
 /// Runs `f` with the app state on a blocking thread, off the main (UI) thread.
 async fn blocking<T: Send + 'static, R: Runtime>(
@@ -190,4 +192,84 @@ pub async fn race<R: Runtime>(
         })
     })
     .await
+}
+
+/// What training the loaded model on `prompts` would do, and why it cannot, if it cannot.
+/// `settings` defaults to the ones recommended for the model.
+#[tauri::command]
+pub async fn training_plan<R: Runtime>(
+    app: AppHandle<R>,
+    prompts: Vec<String>,
+    settings: Option<JobSettings>,
+) -> Result<TrainingPlan, AppError> {
+    blocking(app, move |state| training::plan(state, &prompts, settings)).await
+}
+
+#[tauri::command]
+pub fn conversation_prompts(
+    state: State<'_, AppState>,
+    ids: Vec<i64>,
+) -> Result<Vec<String>, AppError> {
+    training::conversation_prompts(&state, &ids)
+}
+
+#[tauri::command]
+pub fn file_prompts(path: PathBuf) -> Result<Vec<String>, AppError> {
+    training::file_prompts(&path)
+}
+
+#[tauri::command]
+pub fn list_training_jobs(state: State<'_, AppState>) -> Vec<JobView> {
+    training::list(&state)
+}
+
+/// Creates a training job for the loaded model and runs it; resolves when it ends.
+#[tauri::command]
+pub async fn start_training<R: Runtime>(
+    app: AppHandle<R>,
+    name: String,
+    prompts: Vec<String>,
+    settings: JobSettings,
+    channel: Channel<JobEvent>,
+) -> Result<Job, AppError> {
+    blocking(app, move |state| {
+        training::start(state, &name, &prompts, settings, &mut |e| {
+            let _ = channel.send(e.clone());
+        })
+    })
+    .await
+}
+
+#[tauri::command]
+pub async fn resume_training<R: Runtime>(
+    app: AppHandle<R>,
+    id: String,
+    channel: Channel<JobEvent>,
+) -> Result<Job, AppError> {
+    blocking(app, move |state| {
+        training::resume(state, &id, &mut |e| {
+            let _ = channel.send(e.clone());
+        })
+    })
+    .await
+}
+
+/// Stops the training job before its next update, keeping a checkpoint.
+#[tauri::command]
+pub fn cancel_training(state: State<'_, AppState>) -> bool {
+    state.cancel_training()
+}
+
+#[tauri::command]
+pub fn delete_training_job(state: State<'_, AppState>, id: String) -> Result<(), AppError> {
+    training::delete(&state, &id)
+}
+
+#[tauri::command]
+pub fn rename_trained_model(
+    state: State<'_, AppState>,
+    id: String,
+    name: String,
+) -> Result<Job, AppError> {
+    training::rename_model(&state, &id, &name)
 }

@@ -14,6 +14,8 @@ pub enum AppError {
     NoSuchConversation(i64),
     #[error("{0}")]
     Invalid(String),
+    #[error("training failed: {0}")]
+    Training(String),
     #[error("storage: {0}")]
     Storage(String),
 }
@@ -38,6 +40,7 @@ impl AppError {
             AppError::Busy => "busy",
             AppError::NoSuchConversation(_) => "not_found",
             AppError::Invalid(_) => "invalid",
+            AppError::Training(_) => "training",
             AppError::Storage(_) => "storage",
         }
     }

@@ -1,7 +1,7 @@
 //! Fixpoint's desktop app: a thin Tauri shell over the `fixpoint` engine.
 //!
-//! UI (ui/) --invoke--> commands --> chat / models / db --> fixpoint::Engine
-//!     ^------------------ Channel<ChatEvent> ------------------'
+//! UI (ui/) --invoke--> commands --> chat / models / db / training --> fixpoint::Engine
+//!     ^------------- Channel<ChatEvent> / Channel<JobEvent> ---------------'
 
 pub mod chat;
 pub mod commands;
@@ -9,6 +9,7 @@ pub mod db;
 pub mod error;
 pub mod models;
 pub mod state;
+pub mod training;
 
 pub use error::AppError;
 pub use state::AppState;
@@ -42,6 +43,15 @@ pub fn builder<R: tauri::Runtime>(state: AppState) -> tauri::Builder<R> {
             commands::regenerate,
             commands::stop_generation,
             commands::race,
+            commands::training_plan,
+            commands::conversation_prompts,
+            commands::file_prompts,
+            commands::list_training_jobs,
+            commands::start_training,
+            commands::resume_training,
+            commands::cancel_training,
+            commands::delete_training_job,
+            commands::rename_trained_model,
         ])
 }
 

@@ -1,8 +1,9 @@
-//! What the app holds between commands: one loaded model, the running job's cancel token and
-//! the chat database.
+//! What the app holds between commands: one loaded model, the running answer's and the running
+//! training job's cancel tokens, the chat database and the training jobs' folders.
 
 use std::sync::{Arc, Mutex};
 
+use fixpoint::train::JobStore;
 use fixpoint::{CancelToken, Engine};
 
 use crate::db::Db;
@@ -11,17 +12,28 @@ use crate::error::AppError;
 pub struct AppState {
     engine: Mutex<Option<Arc<Engine>>>,
     job: Mutex<Option<CancelToken>>,
+    /// The training job running now (its id once created) and its token. Separate from `job`:
+    /// one can chat while a model trains.
+    training: Mutex<Option<(Option<String>, CancelToken)>>,
     pub db: Mutex<Db>,
+    pub jobs: JobStore,
     /// Greedy AR tokens/s last measured on the loaded model (for the speedup readout).
     pub ar_speed: Mutex<Option<f64>>,
 }
 
 impl AppState {
+    /// Training jobs live in Fixpoint's data directory.
     pub fn new(db: Db) -> Self {
+        Self::with_jobs(db, JobStore::at_default())
+    }
+
+    pub fn with_jobs(db: Db, jobs: JobStore) -> Self {
         Self {
             engine: Mutex::new(None),
             job: Mutex::new(None),
+            training: Mutex::new(None),
             db: Mutex::new(db),
+            jobs,
             ar_speed: Mutex::new(None),
         }
     }
@@ -57,6 +69,34 @@ impl AppState {
         }
     }
 
+    /// Claims the single training slot (for job `id` when resuming one).
+    pub fn start_training(&self, id: Option<&str>) -> Result<TrainingGuard<'_>, AppError> {
+        let mut slot = lock(&self.training);
+        if slot.is_some() {
+            return Err(AppError::Invalid(
+                "a training job is already running: wait for it or cancel it".into(),
+            ));
+        }
+        let token = CancelToken::new();
+        *slot = Some((id.map(str::to_string), token.clone()));
+        Ok(TrainingGuard { state: self, token })
+    }
+
+    pub fn training_job_id(&self) -> Option<String> {
+        lock(&self.training).as_ref().and_then(|(id, _)| id.clone())
+    }
+
+    /// Asks the training job to stop; it saves a checkpoint before its next update.
+    pub fn cancel_training(&self) -> bool {
+        match &*lock(&self.training) {
+            Some((_, t)) => {
+                t.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn with_db<R>(&self, f: impl FnOnce(&Db) -> Result<R, AppError>) -> Result<R, AppError> {
         f(&lock(&self.db))
     }
@@ -76,4 +116,23 @@ impl Drop for JobGuard<'_> {
 /// A poisoned lock only means another command panicked; the data is still usable.
 pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub struct TrainingGuard<'a> {
+    state: &'a AppState,
+    pub token: CancelToken,
+}
+
+impl TrainingGuard<'_> {
+    pub fn set_id(&self, id: &str) {
+        if let Some((slot, _)) = lock(&self.state.training).as_mut() {
+            *slot = Some(id.to_string());
+        }
+    }
+}
+
+impl Drop for TrainingGuard<'_> {
+    fn drop(&mut self) {
+        *lock(&self.state.training) = None;
+    }
 }

@@ -343,11 +343,19 @@ impl JobStore {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        std::fs::create_dir_all(&self.root).map_err(|e| Error::io(&self.root, e))?;
+        // Creating the folder claims the id, even against another process doing the same.
         let mut id = format!("job-{created_unix}");
         let mut k = 1;
-        while self.dir(&id).exists() {
-            k += 1;
-            id = format!("job-{created_unix}-{k}");
+        loop {
+            match std::fs::create_dir(self.dir(&id)) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    k += 1;
+                    id = format!("job-{created_unix}-{k}");
+                }
+                Err(e) => return Err(Error::io(&self.dir(&id), e)),
+            }
         }
         let job = Job {
             id,
