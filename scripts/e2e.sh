@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end test of the desktop app: the release binary in a real WebKit window under Xvfb,
 # driven by tests/e2e/app_e2e.py through tauri-driver (pinned 2.1.0) and WebKitWebDriver, on a
-# small random model this script writes. Saves docs/screenshot.png. Needs scripts/setup.sh first.
+# small random model this script writes, which it also trains from the training tab. Saves
+# docs/screenshot.png and docs/training.png. Needs scripts/setup.sh first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET="${CARGO_TARGET_DIR:-target}"
@@ -25,6 +26,7 @@ export FIXPOINT_HOME="$WORK/home"
 export FIXPOINT_MODEL="$WORK/tiny.gguf"
 export FIXPOINT_APP="$(realpath "$TARGET/release/fixpoint-desktop")"
 export FIXPOINT_SCREENSHOT="${FIXPOINT_SCREENSHOT:-docs/screenshot.png}"
+export FIXPOINT_TRAIN_SCREENSHOT="${FIXPOINT_TRAIN_SCREENSHOT:-docs/training.png}"
 export PYTHON="$VENV/bin/python"
 exec xvfb-run -a -s "-screen 0 1280x800x24" bash -c '
   tauri-driver --port 4444 >"$FIXPOINT_HOME.driver.log" 2>&1 &

@@ -10,4 +10,5 @@ cargo test --release --locked --workspace --no-run
 "${CARGO_TARGET_DIR:-target}/release/fixpoint" models fetch
 cargo test --release --locked --workspace
 (cd ui && npm test --silent)
-FIXPOINT_SCREENSHOT="${CARGO_TARGET_DIR:-target}/e2e-screenshot.png" scripts/e2e.sh
+FIXPOINT_SCREENSHOT="${CARGO_TARGET_DIR:-target}/e2e-screenshot.png" \
+  FIXPOINT_TRAIN_SCREENSHOT="${CARGO_TARGET_DIR:-target}/e2e-training.png" scripts/e2e.sh

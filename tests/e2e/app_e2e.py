@@ -3,7 +3,9 @@ driven through tauri-driver + WebKitWebDriver (run by scripts/e2e.sh).
 
 Sends a prompt to a small test model, sees tokens stream and visualizer rows appear, stops the
 answer, checks that the rows equal the engine's forward passes, saves a screenshot, restarts the
-app and finds the conversation again.
+app and finds the conversation again. Then trains the model from the training tab (pasted
+prompts, small advanced settings), checks the before/after card, finds the new model in the
+model picker, chats with it and sees it answer.
 """
 
 import os
@@ -16,6 +18,15 @@ from selenium.webdriver.common.options import ArgOptions
 
 APP = os.environ["FIXPOINT_APP"]
 SCREENSHOT = os.environ.get("FIXPOINT_SCREENSHOT", "docs/screenshot.png")
+TRAIN_SCREENSHOT = os.environ.get("FIXPOINT_TRAIN_SCREENSHOT", "docs/training.png")
+TRAIN_PROMPTS = [
+    "what is 1 plus 2?",
+    "name three colours",
+    "tell me a story",
+    "why is the sky blue?",
+    "how do magnets work?",
+    "write a poem about rain",
+]
 
 
 def session():
@@ -120,8 +131,67 @@ def main():
         wait("the saved messages", lambda: len(all_by(d, "message-user")) == 1
              and len(all_by(d, "message-assistant")) == 1, 30)
         print("conversation reopened after restart:", title)
+        train(d)
     finally:
         d.quit()
+
+
+def set_field(d, testid, value):
+    field = by(d, testid)
+    field.clear()
+    field.send_keys(value)
+    by(d, "train-summary").click()  # blur: the field's change applies
+
+
+def train(d):
+    by(d, "tab-train").click()
+    # WebKitWebDriver types "\n" as Enter without a line break; paste the text as a user would.
+    d.execute_script(
+        "const t = arguments[0]; t.value = arguments[1]; t.dispatchEvent(new Event('input', {bubbles: true}));",
+        by(d, "train-paste"),
+        "\n".join(TRAIN_PROMPTS),
+    )
+    wait("the plan", lambda: "6 prompts: 5 to train on, 1 held out" in by(d, "train-summary").text, 30)
+    d.find_element(By.CSS_SELECTOR, ".training details summary").click()
+    for testid, value in [("train-block", "4"), ("train-max_new", "16"), ("train-eval_tokens", "16"),
+                          ("train-steps", "4"), ("train-checkpoint_every", "2")]:
+        set_field(d, testid, value)
+    wait("the settings to apply", lambda: by(d, "train-steps").get_attribute("value") == "4", 10)
+    name = by(d, "train-name")
+    name.clear()
+    name.send_keys("e2e-fast")
+    wait("the start button", lambda: by(d, "train-start").is_enabled(), 30)
+    by(d, "train-start").click()
+
+    wait("the job to finish", lambda: all_by(d, "train-result"), 300, 0.2)
+    stages = [by(d, f"train-stage-{s}").get_attribute("data-state")
+              for s in ("baseline", "trajectories", "training", "after")]
+    assert stages == ["done"] * 4, stages
+    points = int(by(d, "train-consistency-chart").get_attribute("data-points"))
+    assert points == 4, f"loss curve has {points} points, expected 4 updates"
+    tpi = float(by(d, "train-after-tpi").text)
+    assert tpi >= 1.0, tpi
+    d.execute_script("arguments[0].scrollIntoView()", by(d, "train-job"))
+    time.sleep(0.5)
+    d.save_screenshot(TRAIN_SCREENSHOT)
+    options = d.execute_script(
+        "return [...document.querySelectorAll('[data-testid=model-select] option')].map(o => o.textContent)"
+    )
+    assert any("e2e-fast" in o and "trained" in o for o in options), options
+    print(f"trained: 4 updates, {tpi} tokens per pass after; picker lists {options}")
+
+    by(d, "train-chat").click()
+    wait("the trained model to load", lambda: "e2e-fast" in by(d, "model-select").get_attribute("value")
+         and "parameters" in by(d, "model-status").text, 60)
+    by(d, "composer").send_keys("Say something.")
+    by(d, "send").click()
+    answer = wait(
+        "an answer from the trained model",
+        lambda: [m for m in all_by(d, "message-assistant") if m.get_attribute("data-stop")],
+        120,
+    )[0]
+    assert int(answer.get_attribute("data-passes")) > 0
+    print("the trained model answered:", answer.get_attribute("data-stop"))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-// The app: model bar on top, conversations on the left, the chat (or the race) in the middle,
-// the Jacobi visualizer on the right.
+// The app: model bar on top, conversations on the left, the chat (or the race, or training) in
+// the middle, the Jacobi visualizer on the right.
 
 import { useEffect, useRef, useState } from "preact/hooks";
 import { api, errorText } from "./api";
@@ -7,6 +7,7 @@ import { FrameBatcher } from "./batch";
 import { Messages } from "./chat/Messages";
 import { SettingsBar } from "./chat/Settings";
 import { Sidebar } from "./chat/Sidebar";
+import { TrainingPanel } from "./training/Training";
 import { ModelBar } from "./ModelBar";
 import { RacePanel, type RaceResult } from "./Race";
 import { emptyViz, reduce, replayState, type VizInput, type VizState } from "./visualizer/reduce";
@@ -41,7 +42,7 @@ export function App() {
   const [vizLive, setVizLive] = useState(false);
   const [vizTitle, setVizTitle] = useState("");
   const [arSpeed, setArSpeed] = useState<number | null>(null);
-  const [tab, setTab] = useState<"chat" | "race">("chat");
+  const [tab, setTab] = useState<"chat" | "race" | "train">("chat");
   const [raceRun, setRaceRun] = useState<{ lane: string; ar: string; jacobi: string } | null>(null);
   const [raceResult, setRaceResult] = useState<RaceResult | null>(null);
   const activeRef = useRef<number | null>(null);
@@ -290,8 +291,26 @@ export function App() {
             <button class={tab === "race" ? "on" : ""} data-testid="tab-race" onClick={() => setTab("race")}>
               Race
             </button>
+            <button class={tab === "train" ? "on" : ""} data-testid="tab-train" onClick={() => setTab("train")}>
+              Train
+            </button>
           </nav>
-          {tab === "chat" ? (
+          {/* Kept mounted while hidden: a running job keeps streaming into it. */}
+          <div class="tabpane" hidden={tab !== "train"}>
+            <TrainingPanel
+              current={current}
+              conversations={conversations}
+              onModelsChanged={() => refreshModels().catch((e) => setError(errorText(e)))}
+              onChatWith={async (path) => {
+                await refreshModels();
+                await loadModel(path);
+                setActiveId(null);
+                setMessages([]);
+                setTab("chat");
+              }}
+            />
+          </div>
+          {tab === "train" ? null : tab === "chat" ? (
             <>
               <SettingsBar settings={settings} disabled={busy} onChange={changeSettings} />
               <Messages

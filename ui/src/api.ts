@@ -6,10 +6,15 @@ import type {
   ChatEvent,
   ChatSettings,
   Conversation,
+  Job,
+  JobEvent,
+  JobSettings,
+  JobView,
   ModelEntry,
   ModelInfo,
   RaceEvent,
   StoredMessage,
+  TrainingPlan,
 } from "./types";
 
 /** The message of an error a command returned (`{kind, message}`) or threw. */
@@ -48,4 +53,16 @@ export const api = {
   stop: () => invoke<boolean>("stop_generation"),
   race: (prompt: string, settings: ChatSettings, on: (e: RaceEvent) => void) =>
     invoke<void>("race", { prompt, settings, channel: channel(on) }),
+  trainingPlan: (prompts: string[], settings: JobSettings | null) =>
+    invoke<TrainingPlan>("training_plan", { prompts, settings }),
+  conversationPrompts: (ids: number[]) => invoke<string[]>("conversation_prompts", { ids }),
+  filePrompts: (path: string) => invoke<string[]>("file_prompts", { path }),
+  listTrainingJobs: () => invoke<JobView[]>("list_training_jobs"),
+  startTraining: (name: string, prompts: string[], settings: JobSettings, on: (e: JobEvent) => void) =>
+    invoke<Job>("start_training", { name, prompts, settings, channel: channel(on) }),
+  resumeTraining: (id: string, on: (e: JobEvent) => void) =>
+    invoke<Job>("resume_training", { id, channel: channel(on) }),
+  cancelTraining: () => invoke<boolean>("cancel_training"),
+  deleteTrainingJob: (id: string) => invoke<void>("delete_training_job", { id }),
+  renameTrainedModel: (id: string, name: string) => invoke<Job>("rename_trained_model", { id, name }),
 };

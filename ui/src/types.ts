@@ -88,3 +88,105 @@ export interface AppError {
   kind: string;
   message: string;
 }
+
+// Training (mirrors fixpoint::train::job and src-tauri/src/training.rs).
+
+export type Stage = "baseline" | "trajectories" | "training" | "after" | "done";
+export type JobStatus = "ready" | "running" | "cancelled" | "failed" | "done";
+
+export interface JobSettings {
+  block: number;
+  max_new: number;
+  eval_tokens: number;
+  steps: number | null;
+  lr: number;
+  max_len: number;
+  checkpoint_every: number;
+  seed: number;
+}
+
+export interface StepStats {
+  step: number;
+  total_steps: number;
+  loss: number;
+  ar_loss: number;
+  consistency_loss: number;
+  lr: number;
+  grad_norm: number;
+  tokens: number;
+  tokens_per_second: number;
+  step_seconds: number;
+  eta_seconds: number;
+}
+
+export interface Evaluation {
+  model: string;
+  prompts: number;
+  block: number;
+  ar_tokens_per_second: number;
+  jacobi_tokens_per_second: number;
+  tokens_per_iteration: number;
+  speedup: number;
+  identical_to_ar: boolean;
+  answers: { prompt: string; ar: string; jacobi: string }[];
+}
+
+export interface Job {
+  id: string;
+  name: string;
+  created_unix: number;
+  model: string;
+  settings: JobSettings;
+  train_prompts: string[];
+  held_out: string[];
+  stage: Stage;
+  status: JobStatus;
+  error: string | null;
+  baseline: Evaluation | null;
+  collected: { prompts: number; records: number; tokens_per_pass: number } | null;
+  history: StepStats[];
+  after: Evaluation | null;
+  trained_model: string | null;
+}
+
+export interface JobView extends Job {
+  active: boolean;
+}
+
+export interface TrainingPlan {
+  prompts: number;
+  train: number;
+  held_out: number;
+  settings: JobSettings;
+  estimated_updates: number;
+  memory_bytes: number;
+  disk_bytes: number;
+  problems: string[];
+  recommended: JobSettings;
+  default_name: string;
+  model: string;
+}
+
+export interface CollectProgress {
+  prompts_done: number;
+  prompts_total: number;
+  records: number;
+  dropped: number;
+  tokens: number;
+  tokens_per_pass: number;
+  elapsed_s: number;
+  eta_s: number;
+}
+
+export type TrainEvent =
+  | { event: "started"; records: number; block: number; total_steps: number; first_step: number; trainable_parameters: number }
+  | ({ event: "step" } & StepStats)
+  | { event: "checkpoint"; step: number; path: string }
+  | { event: "finished"; model: string }
+  | { event: "cancelled"; step: number; checkpoint: string | null };
+
+export type JobEvent =
+  | { kind: "saved"; job: Job }
+  | { kind: "measuring"; stage: Stage; done: number; total: number; eta_s: number }
+  | ({ kind: "collecting" } & CollectProgress)
+  | { kind: "training"; event: TrainEvent };
