@@ -1,6 +1,6 @@
-//! `fixpoint trajectories` and `fixpoint train` end to end on a tiny model: interruption and
-//! resumption (including kill -9), and a clear error that leaves files untouched for each kind
-//! of bad input.
+//! `fixpoint trajectories`, `fixpoint train` and `fixpoint tune` end to end on a tiny model:
+//! interruption and resumption (including kill -9), and a clear error that leaves files
+//! untouched for each kind of bad input.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -294,4 +294,55 @@ fn training_killed_with_sigkill_resumes_with_the_same_optimizer_state() {
     ]));
     let g: serde_json::Value = serde_json::from_str(&generated).unwrap();
     assert!(g["generated_tokens"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn tune_runs_the_whole_job_and_refuses_bad_prompts() {
+    let f = Fixture::new();
+    let home = f.p("home");
+    let tune = |args: &[&str]| {
+        bin()
+            .env("FIXPOINT_HOME", &home)
+            .arg("tune")
+            .args(args)
+            .output()
+            .expect("binary runs")
+    };
+    let model = f.model.to_str().unwrap();
+    let out = tune(&[
+        "--model",
+        model,
+        "--prompts",
+        f.prompts.to_str().unwrap(),
+        "--name",
+        "tiny tuned",
+        "--block",
+        "4",
+        "--max-new",
+        "8",
+        "--eval-tokens",
+        "4",
+        "--steps",
+        "2",
+        "--json-progress",
+    ]);
+    let stdout = ok(&out);
+    let job: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(job["status"], "done");
+    assert_eq!(job["history"].as_array().unwrap().len(), 2);
+    assert!(job["after"]["tokens_per_iteration"].as_f64().unwrap() >= 1.0);
+    assert!(home.join("trained/tiny tuned/model.safetensors").exists());
+    let listed = String::from_utf8_lossy(&tune(&["--list"]).stdout).into_owned();
+    assert!(
+        listed.contains("tiny tuned") && listed.contains("Done"),
+        "{listed}"
+    );
+
+    let one = f.p("one.txt");
+    std::fs::write(&one, "only one prompt\n").unwrap();
+    assert_error(
+        &tune(&["--model", model, "--prompts", one.to_str().unwrap()]),
+        "not enough",
+    );
+    assert_error(&tune(&["--resume", "job-0"]), "job-0");
 }

@@ -38,6 +38,9 @@ enum Command {
     Trajectories(training::TrajectoriesArgs),
     /// Consistency-train a model on trajectories into a new model folder.
     Train(training::TrainArgs),
+    /// Fine-tune a model on prompts in one go, as the app's training tab does: measure it on
+    /// held-out prompts, collect trajectories, train, measure the result.
+    Tune(training::TuneArgs),
     /// Print the token ids of a text (with --chat: of the chat-templated prompt).
     Tokenize {
         #[command(flatten)]
@@ -225,6 +228,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench(args),
         Command::Trajectories(args) => training::trajectories(args),
         Command::Train(args) => training::train(args),
+        Command::Tune(args) => training::tune(args),
         Command::Tokenize { model, text, chat } => {
             let engine = load(&model)?;
             let prompt = if chat {

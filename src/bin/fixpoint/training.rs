@@ -377,3 +377,164 @@ fn cancel_on_ctrl_c() -> CancelToken {
     });
     cancel
 }
+
+#[derive(Args)]
+pub struct TuneArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompts: JSONL with a `question`, `prompt` or `text` field, or plain text, one a line.
+    #[arg(long, required_unless_present_any = ["resume", "list"])]
+    prompts: Option<PathBuf>,
+    /// Use at most this many prompts (a tenth of them, up to 20, is held out to measure).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// The trained model's name in the models folder (default: <base>-cllm).
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    block: Option<usize>,
+    /// New tokens per training prompt.
+    #[arg(long)]
+    max_new: Option<usize>,
+    /// New tokens per held-out prompt when measuring.
+    #[arg(long)]
+    eval_tokens: Option<usize>,
+    /// Optimizer updates (default: one pass over the collected records).
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Continue a stopped job (its id from --list).
+    #[arg(long, conflicts_with_all = ["prompts", "list"])]
+    resume: Option<String>,
+    /// Show the training jobs in the data directory.
+    #[arg(long)]
+    list: bool,
+    /// One JSON line per job event on stdout instead of progress lines.
+    #[arg(long)]
+    json_progress: bool,
+}
+
+/// `fixpoint tune`: the app's one-click job (measure, collect, train, measure) in a terminal.
+pub fn tune(args: TuneArgs) -> Result<()> {
+    use fixpoint::train::job::{JobEvent, JobSettings, JobStore, Status};
+    let store = JobStore::at_default();
+    if args.list {
+        for j in store.list() {
+            println!(
+                "{}  {:<32} {:?} at {:?}{}",
+                j.id,
+                j.name,
+                j.status,
+                j.stage,
+                j.error.map(|e| format!(": {e}")).unwrap_or_default()
+            );
+        }
+        return Ok(());
+    }
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+    let id = match &args.resume {
+        Some(id) => id.clone(),
+        None => {
+            let path = args.prompts.as_ref().expect("clap requires --prompts");
+            let prompts = fixpoint::bench::read_prompts(path, args.limit)?;
+            let engine = load(&args.model)?;
+            let info = engine.info();
+            let mut s = JobSettings::recommended(info.parameters, info.context_length);
+            s.block = args.block.unwrap_or(s.block);
+            s.max_new = args.max_new.unwrap_or(s.max_new);
+            s.eval_tokens = args.eval_tokens.unwrap_or(s.eval_tokens);
+            s.steps = args.steps.or(s.steps);
+            s.lr = args.lr.unwrap_or(s.lr);
+            let name = args
+                .name
+                .clone()
+                .unwrap_or_else(|| fixpoint::train::job::default_name(&info.path));
+            let job = store.create(&engine, &name, &prompts, s)?;
+            eprintln!(
+                "job {}: {} prompts to train on, {} held out; continue it with `fixpoint tune --resume {}`",
+                job.id,
+                job.train_prompts.len(),
+                job.held_out.len(),
+                job.id
+            );
+            job.id
+        }
+    };
+    let cancel = cancel_on_ctrl_c();
+    let json = args.json_progress;
+    let mut last_line = std::time::Instant::now();
+    let job = store.run(&id, &cancel, &mut |e| {
+        if json {
+            println!("{}", serde_json::to_string(e).expect("events serialize"));
+            return;
+        }
+        // One line at most every 2 seconds, besides stage changes.
+        let due = last_line.elapsed().as_secs_f64() >= 2.0;
+        match e {
+            JobEvent::Saved { job } => eprintln!("[{:?}] {:?}", job.stage, job.status),
+            JobEvent::Measuring {
+                stage, done, total, ..
+            } if due || done == total => {
+                eprintln!("  measuring ({stage:?}): {done}/{total} held-out prompts");
+                last_line = std::time::Instant::now();
+            }
+            JobEvent::Collecting(p) if due || p.prompts_done == p.prompts_total => {
+                eprintln!(
+                    "  trajectories: {}/{} prompts, {} records, ETA {:.0} s",
+                    p.prompts_done, p.prompts_total, p.records, p.eta_s
+                );
+                last_line = std::time::Instant::now();
+            }
+            JobEvent::Training {
+                event: TrainEvent::Step(s),
+            } if due || s.step + 1 == s.total_steps => {
+                eprintln!(
+                    "  update {}/{}: loss {:.3} (ar {:.3}, consistency {:.3}), ETA {:.0} s",
+                    s.step + 1,
+                    s.total_steps,
+                    s.loss,
+                    s.ar_loss,
+                    s.consistency_loss,
+                    s.eta_seconds
+                );
+                last_line = std::time::Instant::now();
+            }
+            _ => {}
+        }
+    })?;
+    for (label, e) in [("before", &job.baseline), ("after", &job.after)] {
+        if let Some(e) = e {
+            eprintln!(
+                "{label}: {:.3} tokens per pass (block {}), Jacobi {:.1} tokens/s, AR {:.1} tokens/s, speedup {:.2}, identical to AR: {}",
+                e.tokens_per_iteration,
+                e.block,
+                e.jacobi_tokens_per_second,
+                e.ar_tokens_per_second,
+                e.speedup,
+                e.identical_to_ar
+            );
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string(&job)?);
+    }
+    match job.status {
+        Status::Done => {
+            eprintln!("model: {}", job.trained_model.unwrap_or_default().display());
+            Ok(())
+        }
+        Status::Failed => bail!(
+            "job {} failed: {}; fix it and run `fixpoint tune --resume {}`",
+            job.id,
+            job.error.unwrap_or_default(),
+            job.id
+        ),
+        _ => {
+            eprintln!("stopped; continue with `fixpoint tune --resume {}`", job.id);
+            std::process::exit(130)
+        }
+    }
+}
