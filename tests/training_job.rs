@@ -316,6 +316,7 @@ fn bad_input_is_refused_before_anything_starts() {
     assert!(plan.problems.is_empty(), "{:?}", plan.problems);
     assert_eq!((plan.train, plan.held_out), (27, 3));
     assert_eq!(plan.estimated_updates, 6);
+    assert!(plan.estimated_seconds > 0.0 && plan.estimated_seconds.is_finite());
     assert!(plan.memory_bytes > 0 && plan.disk_bytes > 0);
 }
 
@@ -337,4 +338,69 @@ fn the_trained_model_can_be_renamed_but_not_onto_another() {
     assert!(!f.root.join("trained").join("a-2").exists());
     assert_generates(&path);
     assert!(a.trained_model.unwrap().exists());
+}
+
+#[test]
+fn a_job_killed_after_its_model_was_written_is_not_trained_again() {
+    let f = Fixture::new();
+    let job = f.create("kept");
+    let (done, _) = f.run(&job.id, |_| false);
+    let model = done.trained_model.clone().unwrap();
+    let bytes = std::fs::read(model.join("model.safetensors")).unwrap();
+    let run_dir = f.store.dir(&job.id).join("run");
+    let trained_again = |events: &[JobEvent]| {
+        events
+            .iter()
+            .any(|e| matches!(e, JobEvent::Training { .. }))
+    };
+
+    // Killed after training wrote the model, before it was moved into the models folder.
+    std::fs::rename(&model, &run_dir).unwrap();
+    let mut killed = done.clone();
+    (
+        killed.stage,
+        killed.status,
+        killed.trained_model,
+        killed.after,
+    ) = (Stage::Training, Status::Running, None, None);
+    f.store.save(&killed).unwrap();
+    let (again, events) = f.run(&job.id, |_| false);
+    assert!(!trained_again(&events));
+    assert_eq!(again.status, Status::Done);
+    assert_eq!(again.trained_model.as_deref(), Some(model.as_path()));
+    assert_eq!(
+        std::fs::read(model.join("model.safetensors")).unwrap(),
+        bytes
+    );
+    assert_eq!(again.history.len(), 6);
+
+    // Killed after the move, before the next stage was saved.
+    killed.trained_model = Some(model.clone());
+    f.store.save(&killed).unwrap();
+    let (again, events) = f.run(&job.id, |_| false);
+    assert!(!trained_again(&events));
+    assert_eq!(again.status, Status::Done);
+    assert_eq!(again.trained_model.as_deref(), Some(model.as_path()));
+    assert!(!f.root.join("trained").join("kept-2").exists());
+}
+
+#[test]
+fn a_job_held_by_another_process_is_not_run_deleted_or_renamed() {
+    let f = Fixture::new();
+    let job = f.create("held");
+    let held = f.store.lock(&job.id).unwrap();
+    assert!(f.store.is_locked(&job.id));
+    let err = f
+        .store
+        .run(&job.id, &CancelToken::new(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("running in another process"), "{err}");
+    assert!(f.store.delete(&job.id).is_err());
+    drop(held);
+    assert!(!f.store.is_locked(&job.id));
+    let (done, _) = f.run(&job.id, |_| false);
+    assert_eq!(done.status, Status::Done);
+    f.store.delete(&job.id).unwrap();
+    assert!(f.store.list().is_empty());
 }

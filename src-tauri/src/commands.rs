@@ -213,14 +213,18 @@ pub fn conversation_prompts(
     training::conversation_prompts(&state, &ids)
 }
 
+// File reads, job listing and deleting run off the main thread: a job folder holds gigabytes.
 #[tauri::command]
-pub fn file_prompts(path: PathBuf) -> Result<Vec<String>, AppError> {
-    training::file_prompts(&path)
+pub async fn file_prompts<R: Runtime>(
+    app: AppHandle<R>,
+    path: PathBuf,
+) -> Result<Vec<String>, AppError> {
+    blocking(app, move |_| training::file_prompts(&path)).await
 }
 
 #[tauri::command]
-pub fn list_training_jobs(state: State<'_, AppState>) -> Vec<JobView> {
-    training::list(&state)
+pub async fn list_training_jobs<R: Runtime>(app: AppHandle<R>) -> Result<Vec<JobView>, AppError> {
+    blocking(app, |state| Ok(training::list(state))).await
 }
 
 /// Creates a training job for the loaded model and runs it; resolves when it ends.
@@ -261,8 +265,11 @@ pub fn cancel_training(state: State<'_, AppState>) -> bool {
 }
 
 #[tauri::command]
-pub fn delete_training_job(state: State<'_, AppState>, id: String) -> Result<(), AppError> {
-    training::delete(&state, &id)
+pub async fn delete_training_job<R: Runtime>(
+    app: AppHandle<R>,
+    id: String,
+) -> Result<(), AppError> {
+    blocking(app, move |state| training::delete(state, &id)).await
 }
 
 #[tauri::command]

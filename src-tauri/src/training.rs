@@ -17,8 +17,8 @@ use crate::state::AppState;
 pub struct JobView {
     #[serde(flatten)]
     pub job: Job,
-    /// Running in this app now. A job saved as running that is not active was cut off (the app
-    /// closed or crashed mid-run) and can be resumed.
+    /// Running now, in this app or another process (`fixpoint tune`). A job saved as running
+    /// that is not active was cut off (the app closed or crashed mid-run) and can be resumed.
     pub active: bool,
 }
 
@@ -79,7 +79,7 @@ pub fn list(state: &AppState) -> Vec<JobView> {
         .list()
         .into_iter()
         .map(|job| JobView {
-            active: active.as_deref() == Some(job.id.as_str()),
+            active: active.as_deref() == Some(job.id.as_str()) || state.jobs.is_locked(&job.id),
             job,
         })
         .collect()
@@ -137,5 +137,10 @@ pub fn delete(state: &AppState, id: &str) -> Result<(), AppError> {
 }
 
 pub fn rename_model(state: &AppState, id: &str, name: &str) -> Result<Job, AppError> {
+    if state.training_job_id().as_deref() == Some(id) {
+        return Err(AppError::Invalid(
+            "the job is still running: rename its model when it is done".into(),
+        ));
+    }
     Ok(state.jobs.rename_model(id, name)?)
 }

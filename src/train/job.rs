@@ -17,7 +17,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint;
-use super::trainer::{train, StepStats, TrainEvent, TrainSettings};
+use super::trainer::{train, StepStats, TrainEvent, TrainSettings, TrainState};
 use super::trajectory::{collect_all, CollectConfig, CollectProgress, FileSettings};
 use super::TrajectoryWriter;
 use crate::decode::{CancelToken, DecodeOptions, Mode};
@@ -212,6 +212,8 @@ pub struct Plan {
     pub settings: JobSettings,
     /// About `max_new / block` records per training prompt.
     pub estimated_updates: usize,
+    /// The whole job on this machine's cores, from the model's size (see [`estimate_seconds`]).
+    pub estimated_seconds: f64,
     pub memory_bytes: u64,
     pub disk_bytes: u64,
     /// Reasons the job would be refused; empty when it can start.
@@ -242,7 +244,8 @@ impl JobStore {
         self.root.join(id)
     }
 
-    /// Checks prompts and settings against the model and the machine, without touching disk.
+    /// Checks prompts and settings against the model and the machine; writes nothing but the
+    /// (empty) jobs folder, whose free space it measures.
     pub fn plan(&self, engine: &Engine, prompts: &[String], settings: &JobSettings) -> Plan {
         let prompts = clean(prompts);
         let (train, held) = split_counts(prompts.len());
@@ -262,12 +265,13 @@ impl JobStore {
         let context = info.context_length;
         let longest_new = settings.max_new.max(settings.eval_tokens);
         let mut too_long = Vec::new();
+        let mut prompt_tokens = 0;
         for (i, p) in prompts.iter().enumerate() {
             match engine.prompt_ids(&Prompt::Chat(vec![Message::user(p.clone())])) {
                 Ok(ids) if ids.len() + longest_new > context => {
                     too_long.push(format!("prompt {} ({} tokens)", i + 1, ids.len()))
                 }
-                Ok(_) => {}
+                Ok(ids) => prompt_tokens += ids.len(),
                 Err(Error::PromptTooLong { tokens, .. }) => {
                     too_long.push(format!("prompt {} ({tokens} tokens)", i + 1))
                 }
@@ -309,12 +313,21 @@ impl JobStore {
         let estimated_updates = settings
             .steps
             .unwrap_or(train * settings.max_new.div_ceil(settings.block.max(1)));
+        let mean_prompt = prompt_tokens as f64 / prompts.len().max(1) as f64;
+        let estimated_seconds = estimate_seconds(
+            params as f64,
+            (train, held),
+            mean_prompt,
+            estimated_updates,
+            settings,
+        );
         Plan {
             prompts: prompts.len(),
             train,
             held_out: held,
             settings: settings.clone(),
             estimated_updates,
+            estimated_seconds,
             memory_bytes,
             disk_bytes,
             problems,
@@ -384,10 +397,34 @@ impl JobStore {
         }
         let path = self.dir(id).join("job.json");
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::BadData {
+        let mut job: Job = serde_json::from_str(&text).map_err(|e| Error::BadData {
             path: path.clone(),
             detail: e.to_string(),
-        })
+        })?;
+        // The folder is the job: a copied folder must not write into the original's.
+        job.id = id.to_string();
+        Ok(job)
+    }
+
+    /// Holds job `id` for this process until the returned file is dropped; another process
+    /// (the app and `fixpoint tune`) gets a clear error instead of a second writer.
+    pub fn lock(&self, id: &str) -> Result<std::fs::File> {
+        use fs2::FileExt;
+        let path = self.dir(id).join("lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        file.try_lock_exclusive()
+            .map_err(|_| Error::Training(format!("job {id} is running in another process")))?;
+        Ok(file)
+    }
+
+    /// Whether another process holds job `id` now.
+    pub fn is_locked(&self, id: &str) -> bool {
+        self.dir(id).join("lock").exists() && self.lock(id).is_err()
     }
 
     pub fn save(&self, job: &Job) -> Result<()> {
@@ -426,6 +463,7 @@ impl JobStore {
     /// Removes a job's folder (trajectories, checkpoints); its finished model stays.
     pub fn delete(&self, id: &str) -> Result<()> {
         let job = self.load(id)?;
+        let _held = self.lock(id)?;
         let dir = self.dir(&job.id);
         std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))
     }
@@ -433,6 +471,7 @@ impl JobStore {
     /// Renames a finished job's model (its folder in the models directory).
     pub fn rename_model(&self, id: &str, name: &str) -> Result<Job> {
         let mut job = self.load(id)?;
+        let _held = self.lock(id)?;
         let Some(old) = job.trained_model.clone() else {
             return Err(Error::Training(format!(
                 "job {id} has not produced a model yet"
@@ -470,6 +509,9 @@ impl JobStore {
         if job.status == Status::Done {
             return Ok(job);
         }
+        let _held = self.lock(id)?;
+        // Read again under the lock: another process may have moved it on meanwhile.
+        let mut job = self.load(id)?;
         job.status = Status::Running;
         job.error = None;
         self.save_and_report(&job, on_event)?;
@@ -531,18 +573,33 @@ impl JobStore {
                 }
                 Stage::Training => {
                     base = None; // free the inference copy before the float one is loaded
-                    if !self.fine_tune(job, &trajectories, &run_dir, cancel, on_event)? {
-                        return Ok(());
+                                 // A run killed after the model was written (or moved) is not trained again.
+                    let moved = job
+                        .trained_model
+                        .as_deref()
+                        .is_some_and(|t| is_model(t) && !run_dir.exists());
+                    if !moved {
+                        if !is_model(&run_dir)
+                            && !self.fine_tune(job, &trajectories, &run_dir, cancel, on_event)?
+                        {
+                            return Ok(());
+                        }
+                        // The destination is saved before the move, so a kill in between
+                        // finds it again.
+                        let target = match &job.trained_model {
+                            Some(t) if !t.exists() => t.clone(),
+                            _ => unique_dir(&self.models, &job.name),
+                        };
+                        job.name = target
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        job.trained_model = Some(target.clone());
+                        self.save(job)?;
+                        std::fs::create_dir_all(&self.models)
+                            .map_err(|e| Error::io(&self.models, e))?;
+                        std::fs::rename(&run_dir, &target).map_err(|e| Error::io(&target, e))?;
                     }
-                    let target = unique_dir(&self.models, &job.name);
-                    std::fs::create_dir_all(&self.models)
-                        .map_err(|e| Error::io(&self.models, e))?;
-                    std::fs::rename(&run_dir, &target).map_err(|e| Error::io(&target, e))?;
-                    job.name = target
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    job.trained_model = Some(target);
                     job.stage = Stage::After;
                 }
                 Stage::After => {
@@ -579,20 +636,25 @@ impl JobStore {
         settings.max_len = s.max_len;
         settings.checkpoint_every = s.checkpoint_every;
         settings.seed = s.seed;
-        let resume = checkpoint::latest(run_dir)?.is_some();
-        if !resume && run_dir.exists() {
-            // Killed before its first checkpoint: nothing in it is worth keeping.
-            std::fs::remove_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+        let latest = checkpoint::latest(run_dir)?;
+        match &latest {
+            // The checkpoint's curve is the truth: job.json may have missed the last one.
+            Some(path) => job.history = checkpoint::read_state::<TrainState>(path)?.history,
+            None if run_dir.exists() => {
+                // Killed before its first checkpoint: nothing in it is worth keeping.
+                std::fs::remove_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+            }
+            None => job.history.clear(),
         }
-        let mut failed_save = None;
-        let outcome = train(&settings, resume, cancel, &mut |event| {
+        let outcome = train(&settings, latest.is_some(), cancel, &mut |event| {
             match event {
                 TrainEvent::Started { first_step, .. } => job.history.truncate(*first_step),
                 TrainEvent::Step(s) => job.history.push(s.clone()),
-                // The job remembers the curve up to each checkpoint, as the checkpoint does.
+                // The job remembers the curve up to each checkpoint, as the checkpoint does. A
+                // failed save costs only the display until then: resume reads the checkpoint.
                 TrainEvent::Checkpoint { .. } | TrainEvent::Cancelled { .. } => {
                     if let Err(e) = self.save(job) {
-                        failed_save = Some(e);
+                        tracing::warn!("could not save job {}: {e}", job.id);
                     }
                 }
                 TrainEvent::Finished { .. } => {}
@@ -601,11 +663,13 @@ impl JobStore {
                 event: event.clone(),
             });
         })?;
-        if let Some(e) = failed_save {
-            return Err(e);
-        }
         Ok(outcome.model.is_some())
     }
+}
+
+/// A complete model folder from training (`training.json` is written last).
+fn is_model(dir: &Path) -> bool {
+    dir.join("training.json").exists()
 }
 
 fn load<'a>(slot: &'a mut Option<Engine>, path: &Path) -> Result<&'a Engine> {
@@ -798,6 +862,34 @@ pub fn default_name(base: &Path) -> String {
 
 fn name_char(c: char) -> bool {
     c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | ' ' | '+')
+}
+
+/// Core-seconds per parameter per token of one decoding step, and per parameter per packed
+/// token of one training update, measured with the 135M default model on this project's 2-core
+/// machine (55 tokens/s; 3 s per update of about 180 tokens).
+const DECODE_CORE_S: f64 = 2.7e-10;
+const TRAIN_CORE_S: f64 = 2.5e-10;
+/// A Jacobi pass over a block costs about this many one-token passes on a CPU (BENCHMARKS.md).
+const BLOCK_PASS_COST: f64 = 2.2;
+
+/// Rough duration of a job: measuring (AR + Jacobi on the held-out prompts, twice),
+/// collecting (Jacobi on the training prompts) and training.
+fn estimate_seconds(
+    params: f64,
+    (train, held): (usize, usize),
+    mean_prompt: f64,
+    updates: usize,
+    s: &JobSettings,
+) -> f64 {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    let token = DECODE_CORE_S * params / cores;
+    let measure = 2.0 * held as f64 * s.eval_tokens as f64 * token * (1.0 + BLOCK_PASS_COST);
+    let collect = train as f64 * s.max_new as f64 * token * BLOCK_PASS_COST;
+    let packed = (mean_prompt + 2.0 * s.block as f64 + 1.0).min(s.max_len as f64 + s.block as f64);
+    let training = updates as f64 * TRAIN_CORE_S * params * packed / cores;
+    measure + collect + training
 }
 
 /// Memory the system could give us now (Linux `MemAvailable`); `None` where unknown.

@@ -159,6 +159,7 @@ export interface TrainingPlan {
   held_out: number;
   settings: JobSettings;
   estimated_updates: number;
+  estimated_seconds: number;
   memory_bytes: number;
   disk_bytes: number;
   problems: string[];

@@ -21,6 +21,7 @@ export function TrainingPanel(props: {
   const [pasted, setPasted] = useState("");
   const [picked, setPicked] = useState<number[]>([]);
   const [filePath, setFilePath] = useState("");
+  const [fromFile, setFromFile] = useState<string[]>([]);
   const [prompts, setPrompts] = useState<string[]>([]);
   const [settings, setSettings] = useState<JobSettings | null>(null);
   const [plan, setPlan] = useState<TrainingPlan | null>(null);
@@ -45,16 +46,18 @@ export function TrainingPanel(props: {
   // Prompts from the chosen source.
   useEffect(() => {
     if (source === "paste") setPrompts(pastedPrompts(pasted));
-    else if (source === "conversations")
-      api.conversationPrompts(picked).then(setPrompts, (e) => setError(errorText(e)));
-  }, [source, pasted, picked]);
+    else if (source === "file") setPrompts(fromFile);
+    else api.conversationPrompts(picked).then(setPrompts, (e) => setError(errorText(e)));
+  }, [source, pasted, picked, fromFile]);
 
   // The plan (counts and refusals) follows the prompts and settings, debounced.
   useEffect(() => {
     if (!props.current) return setPlan(null);
+    let stale = false;
     const t = setTimeout(async () => {
       try {
         const p = await api.trainingPlan(prompts, settings);
+        if (stale) return; // a newer plan is on its way
         setPlan(p);
         if (!settings) setSettings(p.recommended);
         if (!nameEdited.current) setName(p.default_name);
@@ -62,15 +65,18 @@ export function TrainingPanel(props: {
         setError(errorText(e));
       }
     }, 250);
-    return () => clearTimeout(t);
+    return () => {
+      stale = true;
+      clearTimeout(t);
+    };
   }, [prompts, settings, props.current?.path]);
 
   const loadFile = async () => {
     try {
-      setPrompts(await api.filePrompts(filePath.trim()));
+      setFromFile(await api.filePrompts(filePath.trim()));
       setError(null);
     } catch (e) {
-      setPrompts([]);
+      setFromFile([]);
       setError(errorText(e));
     }
   };
@@ -226,7 +232,7 @@ export function TrainingPanel(props: {
         </div>
         {plan && settings && (
           <p class="hint">
-            About {plan.estimated_updates} updates; needs about {(plan.memory_bytes / 1e9).toFixed(1)} GB of memory and{" "}
+            About {plan.estimated_updates} updates, {duration(plan.estimated_seconds)} in all on this machine; needs about {(plan.memory_bytes / 1e9).toFixed(1)} GB of memory and{" "}
             {(plan.disk_bytes / 1e9).toFixed(1)} GB of disk. Base model: {plan.model}
           </p>
         )}
@@ -299,6 +305,7 @@ export function TrainingPanel(props: {
           )}
           {job.stage === "done" && job.baseline && job.after && (
             <ResultCard
+              key={job.id}
               job={job}
               onRenamed={async (j) => {
                 setProgress((p) => ({ ...p, job: j }));
@@ -324,7 +331,9 @@ export function TrainingPanel(props: {
                 <td>{j.active ? "running" : j.status === "running" ? "interrupted" : j.status}</td>
                 <td>{j.stage}</td>
                 <td>
-                  <button onClick={() => setProgress(progressOf(j))}>Show</button>
+                  <button disabled={running} onClick={() => setProgress(progressOf(j))}>
+                    Show
+                  </button>
                   {!j.active && j.status !== "done" && (
                     <button disabled={running} onClick={() => resume(j)}>
                       Resume
