@@ -505,7 +505,7 @@ impl JobStore {
         cancel: &CancelToken,
         on_event: &mut dyn FnMut(&JobEvent),
     ) -> Result<Job> {
-        let mut job = self.load(id)?;
+        let job = self.load(id)?;
         if job.status == Status::Done {
             return Ok(job);
         }
