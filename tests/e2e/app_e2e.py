@@ -156,7 +156,8 @@ def train(d):
     for testid, value in [("train-block", "4"), ("train-max_new", "16"), ("train-eval_tokens", "16"),
                           ("train-steps", "4"), ("train-checkpoint_every", "2")]:
         set_field(d, testid, value)
-    wait("the settings to apply", lambda: by(d, "train-steps").get_attribute("value") == "4", 10)
+    wait("the settings to apply",
+         lambda: "Block 4, 16 new tokens per prompt, about 4 updates" in by(d, "train-plan").text, 30)
     name = by(d, "train-name")
     name.clear()
     name.send_keys("e2e-fast")

@@ -27,7 +27,9 @@ export function ResultCard(props: {
       <table>
         <thead>
           <tr>
-            <th>on {before.prompts} held-out prompts</th>
+            <th>
+              on {before.prompts} held-out {before.prompts === 1 ? "prompt" : "prompts"}
+            </th>
             <th>before</th>
             <th>after</th>
           </tr>
@@ -50,8 +52,14 @@ export function ResultCard(props: {
         <div class="answers" key={a.prompt}>
           <div class="prompt">{a.prompt}</div>
           <div class="pair">
-            <pre>{a.jacobi}</pre>
-            <pre>{after.answers[i]?.jacobi ?? ""}</pre>
+            <div>
+              <span class="hint">before</span>
+              <pre>{a.jacobi}</pre>
+            </div>
+            <div>
+              <span class="hint">after</span>
+              <pre>{after.answers[i]?.jacobi ?? ""}</pre>
+            </div>
           </div>
         </div>
       ))}

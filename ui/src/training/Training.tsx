@@ -113,11 +113,11 @@ export function TrainingPanel(props: {
   const job = progress.job;
   const interrupted = jobs.find((j) => !j.active && j.status !== "done" && j.status !== "ready");
   const canStart = !!props.current && !!plan && plan.problems.length === 0 && !running && !!settings;
+  // Functional updates: two fields changed before a re-render must not undo each other.
   const set = (k: keyof JobSettings, v: string) => {
-    if (!settings) return;
     const n = v.trim() === "" ? null : Number(v);
-    if (k === "steps") setSettings({ ...settings, steps: n === null || Number.isNaN(n) ? null : n });
-    else if (n !== null && !Number.isNaN(n)) setSettings({ ...settings, [k]: n });
+    if (k === "steps") setSettings((s) => s && { ...s, steps: n === null || Number.isNaN(n) ? null : n });
+    else if (n !== null && !Number.isNaN(n)) setSettings((s) => s && { ...s, [k]: n });
   };
 
   return (
@@ -231,8 +231,9 @@ export function TrainingPanel(props: {
           )}
         </div>
         {plan && settings && (
-          <p class="hint">
-            About {plan.estimated_updates} updates, {duration(plan.estimated_seconds)} in all on this machine; needs about {(plan.memory_bytes / 1e9).toFixed(1)} GB of memory and{" "}
+          <p class="hint" data-testid="train-plan">
+            Block {plan.settings.block}, {plan.settings.max_new} new tokens per prompt, about {plan.estimated_updates} updates,{" "}
+            {duration(plan.estimated_seconds)} in all on this machine; needs about {(plan.memory_bytes / 1e9).toFixed(1)} GB of memory and{" "}
             {(plan.disk_bytes / 1e9).toFixed(1)} GB of disk. Base model: {plan.model}
           </p>
         )}
