@@ -24,6 +24,9 @@ export function TrainingPanel(props: {
   const [fromFile, setFromFile] = useState<string[]>([]);
   const [prompts, setPrompts] = useState<string[]>([]);
   const [settings, setSettings] = useState<JobSettings | null>(null);
+  // What the advanced fields show while typed: a re-render of the app mid-typing must not
+  // put the old value back, and "1e-" is not a number yet.
+  const [drafts, setDrafts] = useState<Partial<Record<keyof JobSettings, string>>>({});
   const [plan, setPlan] = useState<TrainingPlan | null>(null);
   const [name, setName] = useState("");
   const [jobs, setJobs] = useState<JobView[]>([]);
@@ -40,6 +43,7 @@ export function TrainingPanel(props: {
   // A new model gets its own recommended settings and name.
   useEffect(() => {
     setSettings(null);
+    setDrafts({});
     nameEdited.current = false;
   }, [props.current?.path]);
 
@@ -255,12 +259,24 @@ export function TrainingPanel(props: {
                   {label}
                   <input
                     data-testid={`train-${k}`}
-                    value={settings[k] === null ? "" : String(settings[k])}
-                    onChange={(e) => set(k, (e.target as HTMLInputElement).value)}
+                    value={drafts[k] ?? (settings[k] === null ? "" : String(settings[k]))}
+                    onInput={(e) => {
+                      const v = (e.target as HTMLInputElement).value;
+                      setDrafts((d) => ({ ...d, [k]: v }));
+                      set(k, v);
+                    }}
                   />
                 </label>
               ))}
-              <button onClick={() => plan && setSettings(plan.recommended)}>Recommended</button>
+              <button
+                onClick={() => {
+                  if (!plan) return;
+                  setDrafts({});
+                  setSettings(plan.recommended);
+                }}
+              >
+                Recommended
+              </button>
             </div>
           </details>
         )}
