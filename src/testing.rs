@@ -181,6 +181,19 @@ impl TinySpec {
     }
 }
 
+/// Writes the default tiny model (random, seeded) as a Q8_0 GGUF file: the model the CLI, job
+/// and app tests load from disk.
+pub fn write_tiny_gguf(path: &Path) -> Result<()> {
+    let spec = TinySpec::default();
+    write_gguf(
+        path,
+        &spec.config(),
+        &spec.random_tensors()?,
+        GgmlDType::Q8_0,
+        |_| {},
+    )
+}
+
 /// Writes a llama GGUF file like llama.cpp's converter would: q/k rows permuted for interleaved
 /// RoPE, matrices stored as `dtype` (norms stay F32), tokenizer metadata from [`tiny_vocab`].
 /// `edit` may change the metadata before writing (tests of bad files).

@@ -6,8 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use candle_core::quantized::GgmlDType;
-use fixpoint::testing::{write_gguf, TinySpec};
+use fixpoint::testing::write_tiny_gguf;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_fixpoint"));
@@ -51,16 +50,8 @@ impl Fixture {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        let spec = TinySpec::default();
         let model = root.join("tiny.gguf");
-        write_gguf(
-            &model,
-            &spec.config(),
-            &spec.random_tensors().unwrap(),
-            GgmlDType::Q8_0,
-            |_| {},
-        )
-        .unwrap();
+        write_tiny_gguf(&model).unwrap();
         let prompts = root.join("prompts.jsonl");
         let lines: Vec<String> = (0..6)
             .map(|i| format!("{{\"question\": \"what is {i} plus {}?\"}}", i * 3))

@@ -4,8 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::GgmlDType;
-use fixpoint::testing::{write_gguf, TinySpec};
+use fixpoint::testing::write_tiny_gguf;
 use fixpoint::train::job::{Job, JobEvent, JobSettings, JobStore, Stage, Status};
 use fixpoint::train::TrainEvent;
 use fixpoint::{
@@ -23,16 +22,8 @@ impl Fixture {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        let spec = TinySpec::default();
         let model = root.join("tiny.gguf");
-        write_gguf(
-            &model,
-            &spec.config(),
-            &spec.random_tensors().unwrap(),
-            GgmlDType::Q8_0,
-            |_| {},
-        )
-        .unwrap();
+        write_tiny_gguf(&model).unwrap();
         let store = JobStore::new(root.join("training"), root.join("trained"));
         Self {
             _dir: dir,

@@ -5,8 +5,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use candle_core::quantized::GgmlDType;
-use fixpoint::testing::{write_gguf, TinySpec};
+use fixpoint::testing::write_tiny_gguf;
 use fixpoint::train::job::{JobEvent, JobSettings, Stage, Status};
 use fixpoint::train::TrainEvent;
 use fixpoint_desktop::db::Db;
@@ -28,15 +27,7 @@ fn home() -> &'static PathBuf {
 /// App state with a freshly written tiny GGUF model loaded.
 fn state_with_model(file: &str) -> (AppState, PathBuf) {
     let model = home().join(file);
-    let spec = TinySpec::default();
-    write_gguf(
-        &model,
-        &spec.config(),
-        &spec.random_tensors().unwrap(),
-        GgmlDType::Q8_0,
-        |_| {},
-    )
-    .unwrap();
+    write_tiny_gguf(&model).unwrap();
     let state = AppState::new(Db::in_memory().unwrap());
     models::load(&state, &model).unwrap();
     (state, model)
