@@ -10,7 +10,6 @@ use crate::decode::{BlockSpec, CancelToken, DecodeOptions, Mode};
 use crate::engine::{Engine, GenerateRequest, Prompt};
 use crate::error::{Error, Result};
 use crate::model::Logits;
-use crate::tokenizer::Message;
 
 /// Reads prompts: JSONL with a `question`, `prompt` or `text` field, or plain text, one a line.
 pub fn read_prompts(path: &Path, limit: Option<usize>) -> Result<Vec<String>> {
@@ -195,7 +194,7 @@ pub fn run(engine: &Engine, cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> Res
     let requests: Vec<Prompt> = cfg
         .prompts
         .iter()
-        .map(|p| Prompt::Chat(vec![Message::user(p.clone())]))
+        .map(|p| Prompt::user(p.clone()))
         .collect();
     // Every decoder runs each prompt in turn (prompt-major), so drift in the machine's speed
     // during the run lands on all decoders alike instead of on whichever ran first.

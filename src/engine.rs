@@ -43,6 +43,13 @@ pub enum Prompt {
     Chat(Vec<Message>),
 }
 
+impl Prompt {
+    /// One user message, with the chat template: how a prompt from a file or the app is asked.
+    pub fn user(content: impl Into<String>) -> Self {
+        Prompt::Chat(vec![Message::user(content)])
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerateRequest {
     pub prompt: Prompt,

@@ -271,7 +271,7 @@ pub fn race(
         mode: Mode::Autoregressive,
         ..jacobi.clone()
     };
-    let chat = || Prompt::Chat(vec![Message::user(prompt.clone())]);
+    let chat = || Prompt::user(prompt.clone());
     let mut results = Vec::new();
     for (lane, options) in [("ar", ar), ("jacobi", jacobi)] {
         emit(RaceEvent::Lane {

@@ -24,7 +24,6 @@ use crate::decode::{CancelToken, DecodeOptions, Mode};
 use crate::engine::{Engine, GenerateRequest, LoadOptions, Prompt};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
-use crate::tokenizer::Message;
 
 /// At least one prompt to train on and one held out to measure.
 pub const MIN_PROMPTS: usize = 2;
@@ -267,7 +266,7 @@ impl JobStore {
         let mut too_long = Vec::new();
         let mut prompt_tokens = 0;
         for (i, p) in prompts.iter().enumerate() {
-            match engine.prompt_ids(&Prompt::Chat(vec![Message::user(p.clone())])) {
+            match engine.prompt_ids(&Prompt::user(p.clone())) {
                 Ok(ids) if ids.len() + longest_new > context => {
                     too_long.push(format!("prompt {} ({} tokens)", i + 1, ids.len()))
                 }
@@ -703,7 +702,7 @@ fn evaluate(
         let run = |mode| {
             engine.generate(
                 &GenerateRequest {
-                    prompt: Prompt::Chat(vec![Message::user(prompt.clone())]),
+                    prompt: Prompt::user(prompt.clone()),
                     options: DecodeOptions {
                         mode,
                         max_tokens: s.eval_tokens,
@@ -768,7 +767,7 @@ fn collect(
     let prompts = job
         .train_prompts
         .iter()
-        .map(|p| engine.prompt_ids(&Prompt::Chat(vec![Message::user(p.clone())])))
+        .map(|p| engine.prompt_ids(&Prompt::user(p.clone())))
         .collect::<Result<Vec<_>>>()?;
     let settings = FileSettings {
         model: job.model.display().to_string(),

@@ -68,6 +68,15 @@ def all_by(driver, testid):
     return driver.find_elements(By.CSS_SELECTOR, f'[data-testid="{testid}"]')
 
 
+def saved_answer(driver, what, timeout):
+    """The first assistant message that is saved (it carries its stop reason)."""
+    return wait(
+        what,
+        lambda: [m for m in all_by(driver, "message-assistant") if m.get_attribute("data-stop")],
+        timeout,
+    )[0]
+
+
 def titles(driver):
     return driver.execute_script(
         "return [...document.querySelectorAll('[data-testid=conversation] .title')].map(e => e.textContent)"
@@ -99,11 +108,7 @@ def main():
         d.save_screenshot(SCREENSHOT)
         by(d, "stop").click()
 
-        answer = wait(
-            "the stopped answer to be saved",
-            lambda: [m for m in all_by(d, "message-assistant") if m.get_attribute("data-stop")],
-            60,
-        )[0]
+        answer = saved_answer(d, "the stopped answer to be saved", 60)
         assert answer.get_attribute("data-stop") == "cancelled", answer.get_attribute("data-stop")
         passes = int(answer.get_attribute("data-passes"))
         rows = wait(
@@ -186,11 +191,7 @@ def train(d):
          and "parameters" in by(d, "model-status").text, 60)
     by(d, "composer").send_keys("Say something.")
     by(d, "send").click()
-    answer = wait(
-        "an answer from the trained model",
-        lambda: [m for m in all_by(d, "message-assistant") if m.get_attribute("data-stop")],
-        120,
-    )[0]
+    answer = saved_answer(d, "an answer from the trained model", 120)
     assert int(answer.get_attribute("data-passes")) > 0
     print("the trained model answered:", answer.get_attribute("data-stop"))
 

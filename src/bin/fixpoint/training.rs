@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::Args;
 use fixpoint::train::{self, CollectConfig, FileSettings, LossKind, TrainEvent, TrainSettings};
-use fixpoint::{CancelToken, Message, Prompt};
+use fixpoint::{CancelToken, Prompt};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{load, ModelArgs};
@@ -56,7 +56,7 @@ pub fn trajectories(args: TrajectoriesArgs) -> Result<()> {
     let engine = load(&args.model)?;
     let prompts = all[args.skip..]
         .iter()
-        .map(|p| engine.prompt_ids(&Prompt::Chat(vec![Message::user(p.clone())])))
+        .map(|p| engine.prompt_ids(&Prompt::user(p.clone())))
         .collect::<fixpoint::Result<Vec<_>>>()?;
     let settings = FileSettings {
         model: engine.info().path.display().to_string(),
@@ -245,12 +245,17 @@ impl TrainArgs {
     }
 }
 
-pub fn train(args: TrainArgs) -> Result<()> {
-    // candle's element-wise ops spin a second pool beside the matmul's; on two cores the two
-    // fight (a step measured 4.39 s with one element-wise thread, 4.77 s with two).
+/// candle's element-wise ops spin a second pool beside the matmul's; on two cores the two
+/// fight (a step measured 4.39 s with one element-wise thread, 4.77 s with two). Called before
+/// any candle op, while the process has one thread.
+fn one_elementwise_thread() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
+}
+
+pub fn train(args: TrainArgs) -> Result<()> {
+    one_elementwise_thread();
     if let Some(n) = args.profile {
         let s = args.settings()?;
         let p = train::profile(&s, n)?;
@@ -432,9 +437,7 @@ pub fn tune(args: TuneArgs) -> Result<()> {
         }
         return Ok(());
     }
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
+    one_elementwise_thread();
     let id = match &args.resume {
         Some(id) => id.clone(),
         None => {
