@@ -201,10 +201,10 @@ fn draw<'a>(
     let epoch = k / records.len();
     let mut order: Vec<usize> = (0..records.len()).collect();
     order.shuffle(&mut StdRng::seed_from_u64(
-        settings.seed ^ (epoch as u64 + 1) * 0x2545_F491,
+        settings.seed ^ ((epoch as u64 + 1) * 0x2545_F491),
     ));
     let r = &records[order[k % records.len()]];
-    let mut rng = StdRng::seed_from_u64(settings.seed ^ (k as u64 + 1) * 0x9E37_79B9);
+    let mut rng = StdRng::seed_from_u64(settings.seed ^ ((k as u64 + 1) * 0x9E37_79B9));
     let states = &r.answer_trajectory_ids;
     let i = rng.random_range(0..states.len() - 1);
     let target = match settings.loss {
