@@ -1,17 +1,26 @@
 //! `out (m, n) = x (m, k) @ w (n, k)^T` on quantized blocks. Weight rows are split over the
-//! thread pool. Each weight row is unpacked once, then each four-value chunk of it is broadcast
-//! against a vector holding that chunk for eight activation rows ([`QuantActs`]' layout): one
-//! multiply gives eight rows' partial sums, and each vector lane is one row from start to end.
-//! A pass over eight rows therefore costs what a pass over one row costs, and a row's result
-//! never depends on which other rows share the call.
+//! thread pool.
+//!
+//! Many rows (m > 1): each weight row is unpacked once, then each four-value chunk of it is
+//! broadcast against a vector holding that chunk for eight activation rows ([`QuantActs`]'
+//! layout): one multiply gives eight rows' partial sums, and each vector lane is one row from
+//! start to end. A pass over eight rows therefore costs what a pass over one row costs.
+//!
+//! One row (m == 1, autoregressive decoding): eight weight rows at a time ([`TILE`]), straight
+//! from the packed codes, their block sums folded into one vector with a lane per weight row, so
+//! the float steps run eight rows per instruction instead of one.
+//!
+//! Either way each (row, output) gets the same float operations in the same order, so a row's
+//! result never depends on which other rows share the call.
 
 use rayon::prelude::*;
 
-use super::quant::{QuantActs, QuantMatrix, BLOCK, ROWS};
+use super::quant::{QuantActs, QuantMatrix, BLOCK, ROWS, TILE};
 use super::simd::multiversion;
 
 /// Weight rows per task: small enough to balance two threads, large enough to amortise.
 const ROWS_PER_TASK: usize = 32;
+const _: () = assert!(ROWS_PER_TASK.is_multiple_of(TILE));
 
 /// Writes through a raw pointer from several threads; each (r, o) is written by exactly one.
 #[derive(Clone, Copy)]
@@ -32,24 +41,16 @@ pub fn matmul(w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
         let (start, end) = (t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(n));
         #[cfg(target_arch = "x86_64")]
         if avx2 && m == 1 {
-            let mut four = [0f32; 4];
-            let mut o = start;
-            while o < end {
-                let r = (end - o).min(4);
-                // SAFETY: AVX2 and FMA were detected; rows o..o + r are in bounds.
-                unsafe {
-                    match r {
-                        4 => avx2::row1::<4>(w, x, o, &mut four),
-                        3 => avx2::row1::<3>(w, x, o, &mut four),
-                        2 => avx2::row1::<2>(w, x, o, &mut four),
-                        _ => avx2::row1::<1>(w, x, o, &mut four),
-                    }
+            // Tasks start at multiples of ROWS_PER_TASK, itself a multiple of TILE; rows past
+            // n in the last tile are zero padding, computed and dropped.
+            let mut tile = [0f32; TILE];
+            for o0 in (start..end).step_by(TILE) {
+                // SAFETY: AVX2, FMA and F16C were detected; the tile's rows are stored.
+                unsafe { avx2::tile1(w, x, o0, &mut tile) };
+                for (i, &v) in tile.iter().enumerate().take(end - o0) {
+                    // SAFETY: (0, o0 + i) is owned by this task.
+                    unsafe { *ptr.0.add(o0 + i) = v };
                 }
-                for i in 0..r {
-                    // SAFETY: (0, o + i) is owned by this task.
-                    unsafe { *ptr.0.add(o + i) = four[i] };
-                }
-                o += r;
             }
             return;
         }
@@ -160,10 +161,7 @@ fn rows8_scalar(
                 };
                 isum += wv * x.code(r, b * BLOCK + j) as i32;
             }
-            let (dw, mw) = match w {
-                QuantMatrix::Q4 { d, m, .. } => (d[o * nb + b], m[o * nb + b]),
-                QuantMatrix::Q8 { d, .. } => (d[o * nb + b], 0.0),
-            };
+            let (dw, mw) = (w.scale(o, b), w.offset(o, b));
             acc += isum as f32 * (dw * x.scale(r, b));
             offset += mw * x.scaled_sum(r, b);
         }
@@ -175,83 +173,119 @@ fn rows8_scalar(
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::super::quant::{QuantActs, QuantMatrix, BLOCK, ROWS};
+    use half::f16;
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum_epi32(v: __m256i) -> i32 {
-        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-        _mm_cvtsi128_si32(s)
+    use super::super::quant::{scale_index, QuantActs, QuantMatrix, BLOCK, ROWS, TILE};
+
+    /// The f16 at `v[at]` in all eight lanes.
+    #[inline(always)]
+    unsafe fn bcast_f16(v: &[f16], at: usize) -> __m256 {
+        _mm256_cvtph_ps(_mm_set1_epi16(v.get_unchecked(at).to_bits() as i16))
     }
 
-    /// Weight row `o` against the only activation row (m == 1), straight from the packed
-    /// weights. The integer block sums are exact however they are computed, and the float steps
-    /// per block are the ones `rows8` does in each lane (`acc = fma(isum, dw * dx, acc)`,
+    /// The eight rows of a tile (`o0` a multiple of [`TILE`]) against the only activation row
+    /// (m == 1), straight from the packed weights, one vector lane per weight row. Per block,
+    /// the eight rows' integer sums are folded into one vector, then each lane does the float
+    /// steps the many-row kernel does for that row (`acc = fma(isum, dw * dx, acc)`,
     /// `offset = fma(m, s, offset)`, then `acc + offset`), so the result is bit-identical to
     /// that row's lane in a many-row call.
-    /// `R` consecutive weight rows from `o`, each with its own chains (independent chains
-    /// hide the multiply-add latency).
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn row1<const R: usize>(
-        w: &QuantMatrix,
-        x: &QuantActs,
-        o: usize,
-        out: &mut [f32; 4],
-    ) {
-        let nb = x.k / BLOCK;
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn tile1(w: &QuantMatrix, x: &QuantActs, o0: usize, out: &mut [f32; TILE]) {
+        let k = x.k;
+        let nb = k / BLOCK;
         let ones = _mm256_set1_epi16(1);
         let xr = x.row.as_ptr();
-        let mut acc = [0f32; R];
-        let mut offset = [0f32; R];
+        let mut acc = _mm256_setzero_ps();
+        let mut offset = _mm256_setzero_ps();
         match w {
             QuantMatrix::Q4 { qs, d, m, .. } => {
-                let mask = _mm_set1_epi8(0x0F);
+                let mask = _mm256_set1_epi8(0x0F);
+                let base = qs.as_ptr().add(o0 * k / 2);
+                // The next tile follows this one: 128 bytes of it per block.
+                let next = base.add(TILE * k / 2);
                 for b in 0..nb {
-                    let xv = _mm256_loadu_si256(xr.add(b * BLOCK) as *const __m256i);
-                    let (dx, sx) = (*x.d.get_unchecked(b * ROWS), *x.s.get_unchecked(b * ROWS));
-                    for r in 0..R {
-                        let blk = (o + r) * nb + b;
-                        _mm_prefetch::<_MM_HINT_T0>(qs.as_ptr().add((blk + 8) * 16) as *const i8);
-                        let raw = _mm_loadu_si128(qs.as_ptr().add(blk * 16) as *const __m128i);
-                        let wv = _mm256_set_m128i(
-                            _mm_and_si128(_mm_srli_epi16(raw, 4), mask),
-                            _mm_and_si128(raw, mask),
+                    _mm_prefetch::<_MM_HINT_T0>(next.add(b * 128) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(next.add(b * 128 + 64) as *const i8);
+                    // The block's values 0..16 and 16..32 in both halves, against the low and
+                    // high nibbles of two rows' 16 bytes.
+                    let x1 = _mm256_broadcastsi128_si256(_mm_loadu_si128(
+                        xr.add(b * BLOCK) as *const __m128i
+                    ));
+                    let x2 = _mm256_broadcastsi128_si256(_mm_loadu_si128(
+                        xr.add(b * BLOCK + 16) as *const __m128i
+                    ));
+                    let v: [__m256i; 4] = std::array::from_fn(|i| {
+                        let row = |r: usize| base.add(r * k / 2 + b * 16) as *const __m128i;
+                        let raw = _mm256_loadu2_m128i(row(2 * i + 1), row(2 * i));
+                        let lo = _mm256_and_si256(raw, mask);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+                        // Codes < 16: two 2-value sums per i16 stay below 2^15.
+                        let s = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(lo, x1),
+                            _mm256_maddubs_epi16(hi, x2),
                         );
-                        let isum =
-                            hsum_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones));
-                        acc[r] = (isum as f32).mul_add(*d.get_unchecked(blk) * dx, acc[r]);
-                        offset[r] = m.get_unchecked(blk).mul_add(sx, offset[r]);
-                    }
+                        // Lanes 0..4: row 2i, lanes 4..8: row 2i + 1.
+                        _mm256_madd_epi16(s, ones)
+                    });
+                    // -> rows [0 2 4 6 | 1 3 5 7], then into order.
+                    let h = _mm256_hadd_epi32(
+                        _mm256_hadd_epi32(v[0], v[1]),
+                        _mm256_hadd_epi32(v[2], v[3]),
+                    );
+                    let isum =
+                        _mm256_permutevar8x32_epi32(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+                    let at = scale_index(nb, o0, b);
+                    let dw = _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr().add(at) as *const __m128i));
+                    let mw = _mm256_cvtph_ps(_mm_loadu_si128(m.as_ptr().add(at) as *const __m128i));
+                    let (dx, sx) = (*x.d.get_unchecked(b * ROWS), *x.s.get_unchecked(b * ROWS));
+                    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(dx));
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc);
+                    offset = _mm256_fmadd_ps(mw, _mm256_set1_ps(sx), offset);
                 }
             }
             QuantMatrix::Q8 { qs, d, .. } => {
+                let base = qs.as_ptr().add(o0 * k);
+                let next = base.add(TILE * k);
                 for b in 0..nb {
+                    for l in 0..4 {
+                        _mm_prefetch::<_MM_HINT_T0>(next.add(b * 256 + l * 64));
+                    }
                     let xv = _mm256_loadu_si256(xr.add(b * BLOCK) as *const __m256i);
-                    let dx = *x.d.get_unchecked(b * ROWS);
-                    for r in 0..R {
-                        let blk = (o + r) * nb + b;
-                        _mm_prefetch::<_MM_HINT_T0>(qs.as_ptr().add((blk + 4) * BLOCK) as *const i8);
-                        let wv = _mm256_loadu_si256(qs.as_ptr().add(blk * BLOCK) as *const __m256i);
+                    let v: [__m256i; TILE] = std::array::from_fn(|r| {
+                        let wv = _mm256_loadu_si256(base.add(r * k + b * BLOCK) as *const __m256i);
+                        // maddubs multiplies unsigned by signed: move w's sign onto x.
                         let p = _mm256_maddubs_epi16(
                             _mm256_sign_epi8(wv, wv),
                             _mm256_sign_epi8(xv, wv),
                         );
-                        let isum = hsum_epi32(_mm256_madd_epi16(p, ones));
-                        acc[r] = (isum as f32).mul_add(*d.get_unchecked(blk) * dx, acc[r]);
-                    }
+                        _mm256_madd_epi16(p, ones)
+                    });
+                    // Each h: [r, r+1, r+2, r+3 | the same rows' other halves].
+                    let h0 = _mm256_hadd_epi32(
+                        _mm256_hadd_epi32(v[0], v[1]),
+                        _mm256_hadd_epi32(v[2], v[3]),
+                    );
+                    let h1 = _mm256_hadd_epi32(
+                        _mm256_hadd_epi32(v[4], v[5]),
+                        _mm256_hadd_epi32(v[6], v[7]),
+                    );
+                    let isum = _mm256_add_epi32(
+                        _mm256_permute2x128_si256(h0, h1, 0x20),
+                        _mm256_permute2x128_si256(h0, h1, 0x31),
+                    );
+                    let at = scale_index(nb, o0, b);
+                    let dw = _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr().add(at) as *const __m128i));
+                    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*x.d.get_unchecked(b * ROWS)));
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc);
                 }
             }
         }
-        for r in 0..R {
-            out[r] = acc[r] + offset[r];
-        }
+        _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(acc, offset));
     }
 
     /// Weight row `o` (unpacked codes `wq`) against activation rows `g*8..g*8+8`; lane r of
     /// every vector belongs to row g*8+r.
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn rows8(
         w: &QuantMatrix,
         x: &QuantActs,
@@ -281,12 +315,12 @@ mod avx2 {
                     let isum = _mm256_madd_epi16(s16, ones);
                     let at = (g * nb + b) * ROWS;
                     let scale = _mm256_mul_ps(
-                        _mm256_set1_ps(*d.get_unchecked(o * nb + b)),
+                        bcast_f16(d, scale_index(nb, o, b)),
                         _mm256_loadu_ps(x.d.as_ptr().add(at)),
                     );
                     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc);
                     offset = _mm256_fmadd_ps(
-                        _mm256_set1_ps(*m.get_unchecked(o * nb + b)),
+                        bcast_f16(m, scale_index(nb, o, b)),
                         _mm256_loadu_ps(x.s.as_ptr().add(at)),
                         offset,
                     );
@@ -310,7 +344,7 @@ mod avx2 {
                     }
                     let at = (g * nb + b) * ROWS;
                     let scale = _mm256_mul_ps(
-                        _mm256_set1_ps(*d.get_unchecked(o * nb + b)),
+                        bcast_f16(d, scale_index(nb, o, b)),
                         _mm256_loadu_ps(x.d.as_ptr().add(at)),
                     );
                     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc);
@@ -322,7 +356,7 @@ mod avx2 {
 
     /// [`rows8`] for Q4 weight rows `o` and `o + 1` at once: each activation vector is loaded
     /// once for both. Per lane the operations are `rows8`'s, in the same order.
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn rows8x2(
         w: &QuantMatrix,
         x: &QuantActs,
@@ -356,14 +390,10 @@ mod avx2 {
                     let xs = _mm256_loadu_ps(x.s.as_ptr().add(at));
                     for r in 0..2 {
                         let isum = _mm256_madd_epi16(s16[r], ones);
-                        let scale =
-                            _mm256_mul_ps(_mm256_set1_ps(*d.get_unchecked((o + r) * nb + b)), xd);
+                        let scale = _mm256_mul_ps(bcast_f16(d, scale_index(nb, o + r, b)), xd);
                         acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[r]);
-                        offset[r] = _mm256_fmadd_ps(
-                            _mm256_set1_ps(*m.get_unchecked((o + r) * nb + b)),
-                            xs,
-                            offset[r],
-                        );
+                        offset[r] =
+                            _mm256_fmadd_ps(bcast_f16(m, scale_index(nb, o + r, b)), xs, offset[r]);
                     }
                 }
             }
@@ -400,6 +430,8 @@ pub fn matmul_reference(w: &QuantMatrix, x: &QuantActs) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
+    use half::f16;
+
     use super::*;
 
     fn rng(seed: u64) -> impl FnMut() -> f32 {
@@ -417,13 +449,10 @@ mod tests {
     fn q4(n: usize, k: usize, seed: u64) -> QuantMatrix {
         let mut r = rng(seed);
         let nb = n * k / BLOCK;
-        QuantMatrix::Q4 {
-            n,
-            k,
-            qs: (0..nb * 16).map(|_| ((r() + 0.5) * 255.0) as u8).collect(),
-            d: (0..nb).map(|_| r() * 0.1).collect(),
-            m: (0..nb).map(|_| r() * 0.5).collect(),
-        }
+        let qs = (0..nb * 16).map(|_| ((r() + 0.5) * 255.0) as u8).collect();
+        let d: Vec<f16> = (0..nb).map(|_| f16::from_f32(r() * 0.1)).collect();
+        let m: Vec<f16> = (0..nb).map(|_| f16::from_f32(r() * 0.5)).collect();
+        QuantMatrix::q4(n, k, qs, &d, &m)
     }
 
     fn raw_acts(m: usize, k: usize, seed: u64) -> Vec<f32> {
@@ -476,11 +505,14 @@ mod tests {
 
     #[test]
     fn results_do_not_depend_on_how_many_rows_share_the_call() {
-        let (n, k, m) = (100, 192, 11);
-        for w in [
-            q4(n, k, 3),
-            QuantMatrix::quantize_q8(n, k, &q4(n, k, 4).dequantize()),
-        ] {
+        // n = 100: the last tile of eight rows is part padding.
+        let (n, m) = (100, 11);
+        for (k, w) in [192, 576].into_iter().flat_map(|k| {
+            [
+                (k, q4(n, k, 3)),
+                (k, QuantMatrix::quantize_q8(n, k, &q4(n, k, 4).dequantize())),
+            ]
+        }) {
             let raw = raw_acts(m, k, 9);
             let mut x = QuantActs::default();
             x.quantize(&raw, m, k);

@@ -10,27 +10,79 @@ use super::simd::{amax8, multiversion};
 /// Values per block.
 pub const BLOCK: usize = 32;
 
-/// An (n, k) weight matrix, row-major in blocks of 32 along k.
+/// Weight rows whose scales are stored side by side: one 16-byte load gives a block's scale for
+/// eight rows, which is what the one-row kernel multiplies eight rows' sums by at once.
+pub const TILE: usize = 8;
+
+/// Where the scale of (row o, block b) lives: `[o / TILE][b][o % TILE]`.
+#[inline(always)]
+pub fn scale_index(nb: usize, o: usize, b: usize) -> usize {
+    ((o / TILE) * nb + b) * TILE + o % TILE
+}
+
+/// An (n, k) weight matrix, row-major in blocks of 32 along k. Codes are stored for n rounded
+/// up to whole [`TILE`]s (the extra rows are zero codes with zero scales, so kernels can read
+/// whole tiles); scales stay f16, as in GGUF, and are laid out by [`scale_index`].
 #[derive(Debug, Clone)]
 pub enum QuantMatrix {
     Q4 {
         n: usize,
         k: usize,
-        /// n * k / 2 bytes; in each block of 16 bytes, value j is the low nibble of byte j and
-        /// value j + 16 its high nibble (GGUF's order).
+        /// k / 2 bytes per row; in each block of 16 bytes, value j is the low nibble of byte j
+        /// and value j + 16 its high nibble (GGUF's order).
         qs: Vec<u8>,
-        d: Vec<f32>,
-        m: Vec<f32>,
+        d: Vec<f16>,
+        m: Vec<f16>,
     },
     Q8 {
         n: usize,
         k: usize,
         qs: Vec<i8>,
-        d: Vec<f32>,
+        d: Vec<f16>,
     },
 }
 
+/// Row-major per-block values of an (n, k) matrix in [`scale_index`] order, zero-padded.
+fn tiled(n: usize, nb: usize, linear: &[f16]) -> Vec<f16> {
+    assert_eq!(linear.len(), n * nb, "one scale per block");
+    let mut out = vec![f16::ZERO; n.div_ceil(TILE) * TILE * nb];
+    for o in 0..n {
+        for b in 0..nb {
+            out[scale_index(nb, o, b)] = linear[o * nb + b];
+        }
+    }
+    out
+}
+
 impl QuantMatrix {
+    /// From row-major codes (k / 2 bytes per row) and one scale and offset per block.
+    pub fn q4(n: usize, k: usize, mut qs: Vec<u8>, d: &[f16], m: &[f16]) -> Self {
+        assert_eq!(k % BLOCK, 0, "k must be a multiple of {BLOCK}");
+        assert_eq!(qs.len(), n * k / 2, "Q4 code bytes");
+        qs.resize(n.div_ceil(TILE) * TILE * k / 2, 0);
+        let nb = k / BLOCK;
+        QuantMatrix::Q4 {
+            n,
+            k,
+            qs,
+            d: tiled(n, nb, d),
+            m: tiled(n, nb, m),
+        }
+    }
+
+    /// From row-major codes (k per row) and one scale per block.
+    pub fn q8(n: usize, k: usize, mut qs: Vec<i8>, d: &[f16]) -> Self {
+        assert_eq!(k % BLOCK, 0, "k must be a multiple of {BLOCK}");
+        assert_eq!(qs.len(), n * k, "Q8 codes");
+        qs.resize(n.div_ceil(TILE) * TILE * k, 0);
+        QuantMatrix::Q8 {
+            n,
+            k,
+            qs,
+            d: tiled(n, k / BLOCK, d),
+        }
+    }
+
     pub fn dims(&self) -> (usize, usize) {
         match self {
             QuantMatrix::Q4 { n, k, .. } | QuantMatrix::Q8 { n, k, .. } => (*n, *k),
@@ -44,6 +96,65 @@ impl QuantMatrix {
         }
     }
 
+    /// Scale of block b of row o.
+    pub fn scale(&self, o: usize, b: usize) -> f32 {
+        let nb = self.dims().1 / BLOCK;
+        match self {
+            QuantMatrix::Q4 { d, .. } | QuantMatrix::Q8 { d, .. } => {
+                d[scale_index(nb, o, b)].to_f32()
+            }
+        }
+    }
+
+    /// Offset of block b of row o (Q4; zero for Q8).
+    pub fn offset(&self, o: usize, b: usize) -> f32 {
+        let nb = self.dims().1 / BLOCK;
+        match self {
+            QuantMatrix::Q4 { m, .. } => m[scale_index(nb, o, b)].to_f32(),
+            QuantMatrix::Q8 { .. } => 0.0,
+        }
+    }
+
+    /// Stacks matrices of the same width and format by rows.
+    pub fn stack(parts: &[QuantMatrix]) -> Option<Self> {
+        let k = parts.first()?.dims().1;
+        let nb = k / BLOCK;
+        let n: usize = parts.iter().map(|p| p.dims().0).sum();
+        let scales = |f: &dyn Fn(&QuantMatrix, usize, usize) -> f32| -> Vec<f16> {
+            parts
+                .iter()
+                .flat_map(|p| (0..p.dims().0 * nb).map(move |i| (p, i)))
+                .map(|(p, i)| f16::from_f32(f(p, i / nb, i % nb)))
+                .collect()
+        };
+        if parts.iter().any(|p| p.dims().1 != k) {
+            return None;
+        }
+        if parts.iter().all(|p| matches!(p, QuantMatrix::Q4 { .. })) {
+            let mut qs = Vec::with_capacity(n * k / 2);
+            for p in parts {
+                if let QuantMatrix::Q4 { n, qs: c, .. } = p {
+                    qs.extend_from_slice(&c[..n * k / 2]);
+                }
+            }
+            let (d, m) = (
+                scales(&|p, o, b| p.scale(o, b)),
+                scales(&|p, o, b| p.offset(o, b)),
+            );
+            return Some(QuantMatrix::q4(n, k, qs, &d, &m));
+        }
+        if parts.iter().all(|p| matches!(p, QuantMatrix::Q8 { .. })) {
+            let mut qs = Vec::with_capacity(n * k);
+            for p in parts {
+                if let QuantMatrix::Q8 { n, qs: c, .. } = p {
+                    qs.extend_from_slice(&c[..n * k]);
+                }
+            }
+            return Some(QuantMatrix::q8(n, k, qs, &scales(&|p, o, b| p.scale(o, b))));
+        }
+        None
+    }
+
     /// From raw GGUF Q4_1 blocks (f16 d, f16 m, 16 bytes of codes).
     pub fn from_q4_1(n: usize, k: usize, raw: &[u8]) -> Self {
         let nb = n * k / BLOCK;
@@ -54,15 +165,15 @@ impl QuantMatrix {
             Vec::with_capacity(nb),
         );
         for b in raw.chunks_exact(20) {
-            d.push(f16::from_le_bytes([b[0], b[1]]).to_f32());
-            m.push(f16::from_le_bytes([b[2], b[3]]).to_f32());
+            d.push(f16::from_le_bytes([b[0], b[1]]));
+            m.push(f16::from_le_bytes([b[2], b[3]]));
             qs.extend_from_slice(&b[4..20]);
         }
-        QuantMatrix::Q4 { n, k, qs, d, m }
+        QuantMatrix::q4(n, k, qs, &d, &m)
     }
 
     /// From raw GGUF Q4_0 blocks (f16 d, 16 bytes of codes, w = d * (q - 8)): exactly Q4 with
-    /// m = -8 d.
+    /// m = -8 d (a power-of-two multiple, exact in f16 too).
     pub fn from_q4_0(n: usize, k: usize, raw: &[u8]) -> Self {
         let nb = n * k / BLOCK;
         assert_eq!(raw.len(), nb * 18, "Q4_0 data size");
@@ -72,12 +183,12 @@ impl QuantMatrix {
             Vec::with_capacity(nb),
         );
         for b in raw.chunks_exact(18) {
-            let scale = f16::from_le_bytes([b[0], b[1]]).to_f32();
+            let scale = f16::from_le_bytes([b[0], b[1]]);
             d.push(scale);
-            m.push(-8.0 * scale);
+            m.push(f16::from_f32(-8.0 * scale.to_f32()));
             qs.extend_from_slice(&b[2..18]);
         }
-        QuantMatrix::Q4 { n, k, qs, d, m }
+        QuantMatrix::q4(n, k, qs, &d, &m)
     }
 
     /// From raw GGUF Q8_0 blocks (f16 d, 32 int8 codes).
@@ -86,10 +197,10 @@ impl QuantMatrix {
         assert_eq!(raw.len(), nb * 34, "Q8_0 data size");
         let (mut qs, mut d) = (Vec::with_capacity(nb * 32), Vec::with_capacity(nb));
         for b in raw.chunks_exact(34) {
-            d.push(f16::from_le_bytes([b[0], b[1]]).to_f32());
+            d.push(f16::from_le_bytes([b[0], b[1]]));
             qs.extend(b[2..34].iter().map(|&x| x as i8));
         }
-        QuantMatrix::Q8 { n, k, qs, d }
+        QuantMatrix::q8(n, k, qs, &d)
     }
 
     /// Quantizes f32 weights (n, k) to Q8 blocks (scale = max |w| / 127).
@@ -100,9 +211,13 @@ impl QuantMatrix {
         let mut d = Vec::with_capacity(n * k / BLOCK);
         for block in w.chunks_exact(BLOCK) {
             let amax = block.iter().fold(0f32, |a, x| a.max(x.abs()));
-            // Stored as f16 in GGUF; round the same way so requantized files match.
-            let scale = f16::from_f32(amax / 127.0).to_f32();
-            let inv = if scale == 0.0 { 0.0 } else { 1.0 / scale };
+            // Stored as f16, as in GGUF.
+            let scale = f16::from_f32(amax / 127.0);
+            let inv = if scale.to_f32() == 0.0 {
+                0.0
+            } else {
+                1.0 / scale.to_f32()
+            };
             qs.extend(
                 block
                     .iter()
@@ -110,7 +225,7 @@ impl QuantMatrix {
             );
             d.push(scale);
         }
-        QuantMatrix::Q8 { n, k, qs, d }
+        QuantMatrix::q8(n, k, qs, &d)
     }
 
     /// The given rows as f32 values, concatenated (embedding lookups).
@@ -121,20 +236,22 @@ impl QuantMatrix {
         for &o in rows {
             let o = o as usize;
             match self {
-                QuantMatrix::Q4 { qs, d, m, .. } => {
-                    for b in o * nb..(o + 1) * nb {
-                        let bytes = &qs[b * 16..(b + 1) * 16];
-                        let lo = bytes.iter().map(|&q| d[b] * (q & 0x0F) as f32 + m[b]);
-                        let hi = bytes.iter().map(|&q| d[b] * (q >> 4) as f32 + m[b]);
+                QuantMatrix::Q4 { qs, .. } => {
+                    for b in 0..nb {
+                        let (d, m) = (self.scale(o, b), self.offset(o, b));
+                        let bytes = &qs[(o * nb + b) * 16..][..16];
+                        let lo = bytes.iter().map(|&q| d * (q & 0x0F) as f32 + m);
+                        let hi = bytes.iter().map(|&q| d * (q >> 4) as f32 + m);
                         out.extend(lo.chain(hi));
                     }
                 }
-                QuantMatrix::Q8 { qs, d, .. } => {
-                    for b in o * nb..(o + 1) * nb {
+                QuantMatrix::Q8 { qs, .. } => {
+                    for b in 0..nb {
+                        let d = self.scale(o, b);
                         out.extend(
-                            qs[b * BLOCK..(b + 1) * BLOCK]
+                            qs[(o * nb + b) * BLOCK..][..BLOCK]
                                 .iter()
-                                .map(|&q| q as f32 * d[b]),
+                                .map(|&q| q as f32 * d),
                         );
                     }
                 }

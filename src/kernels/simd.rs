@@ -5,12 +5,14 @@
 //! Reductions use eight fixed partial sums: the order of additions never depends on how the
 //! data was batched, which keeps results batch-invariant.
 
-/// True when AVX2 and FMA are available (cached by std).
+/// True when AVX2, FMA and F16C are available (cached by std).
 #[inline]
 pub fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

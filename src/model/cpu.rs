@@ -76,34 +76,11 @@ fn to_quant(name: &str, raw: RawTensor, rows: usize, cols: usize) -> Result<Quan
 
 /// Stacks matrices with the same width by rows; mixed formats are unified as Q8.
 fn stack(parts: Vec<QuantMatrix>) -> QuantMatrix {
-    let k = parts[0].dims().1;
-    let n: usize = parts.iter().map(|p| p.dims().0).sum();
-    if parts.iter().all(|p| matches!(p, QuantMatrix::Q4 { .. })) {
-        let (mut qs, mut d, mut m) = (Vec::new(), Vec::new(), Vec::new());
-        for p in parts {
-            if let QuantMatrix::Q4 {
-                qs: a, d: b, m: c, ..
-            } = p
-            {
-                qs.extend(a);
-                d.extend(b);
-                m.extend(c);
-            }
-        }
-        return QuantMatrix::Q4 { n, k, qs, d, m };
-    }
-    if parts.iter().all(|p| matches!(p, QuantMatrix::Q8 { .. })) {
-        let (mut qs, mut d) = (Vec::new(), Vec::new());
-        for p in parts {
-            if let QuantMatrix::Q8 { qs: a, d: b, .. } = p {
-                qs.extend(a);
-                d.extend(b);
-            }
-        }
-        return QuantMatrix::Q8 { n, k, qs, d };
-    }
-    let all: Vec<f32> = parts.iter().flat_map(|p| p.dequantize()).collect();
-    QuantMatrix::quantize_q8(n, k, &all)
+    QuantMatrix::stack(&parts).unwrap_or_else(|| {
+        let (n, k) = (parts.iter().map(|p| p.dims().0).sum(), parts[0].dims().1);
+        let all: Vec<f32> = parts.iter().flat_map(|p| p.dequantize()).collect();
+        QuantMatrix::quantize_q8(n, k, &all)
+    })
 }
 
 fn vector(name: &str, raw: RawTensor, len: usize) -> Result<Vec<f32>> {
@@ -195,6 +172,17 @@ impl CpuLlama {
 
     /// Runs `tokens` at positions `cache.len()..` and returns logits, (1 or m) x vocab, row-major.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Vec<f32>> {
+        // On a pool thread, the serial steps between kernels run on one of the pool's threads
+        // instead of a third thread that the idle workers' spinning would fight for the cores.
+        crate::kernels::pool().install(|| self.forward_in_pool(tokens, cache, logits))
+    }
+
+    fn forward_in_pool(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        logits: Logits,
+    ) -> Result<Vec<f32>> {
         let cfg = &self.cfg;
         let m = tokens.len();
         let offset = cache.len();
