@@ -16,7 +16,6 @@
 use rayon::prelude::*;
 
 use super::quant::{QuantActs, QuantMatrix, BLOCK, ROWS, TILE};
-use super::simd::multiversion;
 
 /// Weight rows per task: small enough to balance two threads, large enough to amortise.
 const ROWS_PER_TASK: usize = 32;
@@ -66,25 +65,25 @@ pub fn matmul(w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
                 && avx2
                 && o + 1 < end
                 && matches!(w, QuantMatrix::Q4 { .. });
-            unpack_row(w, o, &mut unpacked);
-            if pair {
-                unpack_row(w, o + 1, &mut unpacked2);
-            }
+            let codes = unpack_row(w, o, &mut unpacked);
+            let codes2 = if pair {
+                unpack_row(w, o + 1, &mut unpacked2)
+            } else {
+                &[]
+            };
             for g in 0..x.groups() {
                 #[cfg(target_arch = "x86_64")]
                 if pair {
                     // SAFETY: AVX2 and FMA were detected; rows o and o + 1 are in bounds.
-                    unsafe {
-                        avx2::rows8x2(w, x, o, g, [&unpacked, &unpacked2], [&mut res, &mut res2])
-                    };
+                    unsafe { avx2::rows8x2(w, x, o, g, [codes, codes2], [&mut res, &mut res2]) };
                 } else if avx2 {
                     // SAFETY: AVX2 and FMA were detected.
-                    unsafe { avx2::rows8(w, x, o, g, &unpacked, &mut res) };
+                    unsafe { avx2::rows8(w, x, o, g, codes, &mut res) };
                 } else {
-                    rows8_scalar(w, x, o, g, &unpacked, &mut res);
+                    rows8_scalar(w, x, o, g, codes, &mut res);
                 }
                 #[cfg(not(target_arch = "x86_64"))]
-                rows8_scalar(w, x, o, g, &unpacked, &mut res);
+                rows8_scalar(w, x, o, g, codes, &mut res);
                 let outs: &[(usize, &[f32; ROWS])] = if pair {
                     &[(o, &res), (o + 1, &res2)]
                 } else {
@@ -108,27 +107,32 @@ pub fn matmul(w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
     }
 }
 
-/// Weight row `o` as one code byte per value: Q4 codes 0..16, or Q8 codes as their bits.
-fn unpack_row(w: &QuantMatrix, o: usize, out: &mut [u8]) {
-    let k = out.len();
+/// Weight row `o` as one code byte per value: Q4 codes 0..16 unpacked into `buf` (k bytes),
+/// or the Q8 codes themselves, read as bytes.
+fn unpack_row<'a>(w: &'a QuantMatrix, o: usize, buf: &'a mut [u8]) -> &'a [u8] {
+    let k = buf.len();
     match w {
-        QuantMatrix::Q4 { qs, .. } => unpack_q4(&qs[o * k / 2..(o + 1) * k / 2], out),
-        QuantMatrix::Q8 { qs, .. } => {
-            for (o, &q) in out.iter_mut().zip(&qs[o * k..(o + 1) * k]) {
-                *o = q as u8;
+        QuantMatrix::Q4 { qs, .. } => {
+            let row = &qs[o * k / 2..(o + 1) * k / 2];
+            #[cfg(target_arch = "x86_64")]
+            if super::simd::has_avx2() {
+                // SAFETY: AVX2 was detected.
+                unsafe { avx2::unpack_q4(row, buf) };
+                return buf;
             }
+            for (bytes, vals) in row.chunks_exact(16).zip(buf.chunks_exact_mut(BLOCK)) {
+                let (lo, hi) = vals.split_at_mut(16);
+                for ((l, h), &b) in lo.iter_mut().zip(hi.iter_mut()).zip(bytes) {
+                    *l = b & 0x0F;
+                    *h = b >> 4;
+                }
+            }
+            buf
         }
-    }
-}
-
-multiversion! {
-    fn unpack_q4(row: &[u8], out: &mut [u8]) {
-        for (bytes, vals) in row.chunks_exact(16).zip(out.chunks_exact_mut(BLOCK)) {
-            let (lo, hi) = vals.split_at_mut(16);
-            for ((l, h), &b) in lo.iter_mut().zip(hi.iter_mut()).zip(bytes) {
-                *l = b & 0x0F;
-                *h = b >> 4;
-            }
+        QuantMatrix::Q8 { qs, .. } => {
+            let row = &qs[o * k..(o + 1) * k];
+            // SAFETY: i8 and u8 have the same size and alignment; the kernels read the bits.
+            unsafe { std::slice::from_raw_parts(row.as_ptr() as *const u8, k) }
         }
     }
 }
@@ -176,6 +180,22 @@ mod avx2 {
     use half::f16;
 
     use super::super::quant::{scale_index, QuantActs, QuantMatrix, BLOCK, ROWS, TILE};
+
+    /// Q4 blocks of 16 bytes into 32 codes each: low nibbles, then high nibbles.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn unpack_q4(row: &[u8], out: &mut [u8]) {
+        let mask = _mm_set1_epi8(0x0F);
+        assert_eq!(out.len(), row.len() * 2);
+        for b in 0..row.len() / 16 {
+            let raw = _mm_loadu_si128(row.as_ptr().add(b * 16) as *const __m128i);
+            let lo = _mm_and_si128(raw, mask);
+            let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+            _mm256_storeu_si256(
+                out.as_mut_ptr().add(b * 32) as *mut __m256i,
+                _mm256_set_m128i(hi, lo),
+            );
+        }
+    }
 
     /// The f16 at `v[at]` in all eight lanes.
     #[inline(always)]
@@ -527,9 +547,9 @@ mod tests {
             }
             // And against the portable kernel's arithmetic order, row by row.
             let mut scalar = [0f32; ROWS];
-            let mut wq = vec![0u8; k];
-            unpack_row(&w, 7, &mut wq);
-            rows8_scalar(&w, &x, 7, 1, &wq, &mut scalar);
+            let mut buf = vec![0u8; k];
+            let wq = unpack_row(&w, 7, &mut buf);
+            rows8_scalar(&w, &x, 7, 1, wq, &mut scalar);
             for lane in 0..ROWS.min(m - ROWS) {
                 let a = all[(ROWS + lane) * n + 7];
                 assert!(
