@@ -6,11 +6,13 @@
 //! Every output `(r, o)` is computed by the same instruction sequence whatever m is, so a block
 //! of tokens gets bit-identical results to one-token steps: Jacobi stays lossless.
 
+mod arena;
 mod attention;
 mod matmul;
 mod quant;
 pub(crate) mod simd;
 
+pub use arena::{pack, Store, StoreMut};
 pub use attention::causal_attention;
 pub use matmul::{matmul, matmul_reference};
 pub use quant::{QuantActs, QuantMatrix, BLOCK, ROWS};

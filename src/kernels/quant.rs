@@ -5,6 +5,7 @@
 
 use half::f16;
 
+use super::arena::{Store, StoreMut};
 use super::simd::{amax8, multiversion};
 
 /// Values per block.
@@ -30,15 +31,15 @@ pub enum QuantMatrix {
         k: usize,
         /// k / 2 bytes per row; in each block of 16 bytes, value j is the low nibble of byte j
         /// and value j + 16 its high nibble (GGUF's order).
-        qs: Vec<u8>,
-        d: Vec<f16>,
-        m: Vec<f16>,
+        qs: Store<u8>,
+        d: Store<f16>,
+        m: Store<f16>,
     },
     Q8 {
         n: usize,
         k: usize,
-        qs: Vec<i8>,
-        d: Vec<f16>,
+        qs: Store<i8>,
+        d: Store<f16>,
     },
 }
 
@@ -64,9 +65,9 @@ impl QuantMatrix {
         QuantMatrix::Q4 {
             n,
             k,
-            qs,
-            d: tiled(n, nb, d),
-            m: tiled(n, nb, m),
+            qs: qs.into(),
+            d: tiled(n, nb, d).into(),
+            m: tiled(n, nb, m).into(),
         }
     }
 
@@ -78,8 +79,8 @@ impl QuantMatrix {
         QuantMatrix::Q8 {
             n,
             k,
-            qs,
-            d: tiled(n, k / BLOCK, d),
+            qs: qs.into(),
+            d: tiled(n, k / BLOCK, d).into(),
         }
     }
 
@@ -93,6 +94,16 @@ impl QuantMatrix {
         match self {
             QuantMatrix::Q4 { .. } => "Q4_1",
             QuantMatrix::Q8 { .. } => "Q8_0",
+        }
+    }
+
+    /// The arrays a kernel reads, for [`super::pack`].
+    pub fn stores(&mut self) -> Vec<StoreMut<'_>> {
+        match self {
+            QuantMatrix::Q4 { qs, d, m, .. } => {
+                vec![StoreMut::U8(qs), StoreMut::F16(d), StoreMut::F16(m)]
+            }
+            QuantMatrix::Q8 { qs, d, .. } => vec![StoreMut::I8(qs), StoreMut::F16(d)],
         }
     }
 

@@ -133,8 +133,8 @@ impl CpuLlama {
                 post_attention_layernorm: Vec::new(),
             });
         }
-        let embed_tokens = matrix("model.embed_tokens.weight", cfg.vocab_size, h)?;
-        let lm_head = if cfg.tie_word_embeddings {
+        let mut embed_tokens = matrix("model.embed_tokens.weight", cfg.vocab_size, h)?;
+        let mut lm_head = if cfg.tie_word_embeddings {
             None
         } else {
             Some(matrix("lm_head.weight", cfg.vocab_size, h)?)
@@ -147,6 +147,27 @@ impl CpuLlama {
             layer.post_attention_layernorm = vector(&name, get(&name)?, h)?;
         }
         let norm = vector("model.norm.weight", get("model.norm.weight")?, h)?;
+        // All weights in one arena, in the order a forward reads them.
+        let mut stores = Vec::new();
+        for layer in &mut layers {
+            for w in [
+                &mut layer.qkv_proj,
+                &mut layer.o_proj,
+                &mut layer.gate_up_proj,
+                &mut layer.down_proj,
+            ] {
+                stores.extend(w.stores());
+            }
+        }
+        // The head last; an untied embedding (only looked up) after it.
+        match &mut lm_head {
+            Some(head) => {
+                stores.extend(head.stores());
+                stores.extend(embed_tokens.stores());
+            }
+            None => stores.extend(embed_tokens.stores()),
+        }
+        crate::kernels::pack(stores);
         let (cos, sin) = super::llama::rope_tables_vec(&cfg);
         Ok(Self {
             cfg,
