@@ -64,8 +64,8 @@ fn quantize(c: &mut Criterion) {
 
 fn attention(c: &mut Criterion) {
     let (nh, nkv, hd, cap, offset) = (9, 3, 64, 512, 256);
-    let k: Vec<f32> = (0..nkv * cap * hd)
-        .map(|i| ((i % 29) as f32 - 14.0) / 14.0)
+    let k: Vec<half::f16> = (0..nkv * cap * hd)
+        .map(|i| half::f16::from_f32(((i % 29) as f32 - 14.0) / 14.0))
         .collect();
     let v = k.clone();
     let mut group = c.benchmark_group("attention/cache256");

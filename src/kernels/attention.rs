@@ -4,15 +4,51 @@
 //! Jacobi block produce bit-identical predictions to one-token autoregressive steps (candle's
 //! batched matmul and softmax round differently for different shapes, which flips near-ties).
 
+use half::f16;
+
 use crate::kernels::simd::{dot8, dot8x4, exp_neg, multiversion, sum8};
+
+/// What a KV cache holds: f16 in the CPU forward, f32 in the candle one.
+pub trait CacheValue: Copy + Send + Sync {
+    fn to_f32(self) -> f32;
+    /// Eight values at `p` as f32 lanes.
+    ///
+    /// # Safety
+    /// `p..p + 8` must be readable, and the CPU must have AVX2 and F16C.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl CacheValue for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+}
+
+impl CacheValue for f16 {
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
 
 /// `q`: (heads, m, hd) for positions `offset..offset + m`; `k`, `v`: (kv_heads, capacity, hd)
 /// cache buffers holding positions `0..offset + m`. Returns (m, heads * hd).
 #[allow(clippy::too_many_arguments)]
-pub fn causal_attention(
+pub fn causal_attention<T: CacheValue>(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[T],
+    v: &[T],
     heads: usize,
     kv_heads: usize,
     m: usize,
@@ -33,7 +69,18 @@ pub fn causal_attention(
             unsafe { avx2::head(q, k, v, h, rep, m, hd, capacity, offset, &mut scores, slab) };
             return;
         }
-        head(q, k, v, h, rep, m, hd, capacity, offset, &mut scores, slab);
+        // The portable path widens the head's cache once per call (the vector path reads it
+        // as stored).
+        let base = (h / rep) * capacity * hd;
+        let rows = offset + m;
+        let widen = |c: &[T]| -> Vec<f32> {
+            c[base..base + rows * hd]
+                .iter()
+                .map(|x| x.to_f32())
+                .collect()
+        };
+        let (k, v) = (widen(k), widen(v));
+        head(q, &k, &v, h, m, hd, offset, &mut scores, slab);
     };
     if m * (offset + m) * heads <= 1 << 11 {
         per_head.chunks_mut(m * hd).enumerate().for_each(one);
@@ -51,21 +98,21 @@ pub fn causal_attention(
 }
 
 multiversion! {
-    /// One head's causal attention for m queries into `out` (m, hd).
+    /// One head's causal attention for m queries into `out` (m, hd), over the head's own cache
+    /// rows widened to f32.
     fn head(
         q: &[f32],
         k: &[f32],
         v: &[f32],
         h: usize,
-        rep: usize,
         m: usize,
         hd: usize,
-        capacity: usize,
         offset: usize,
         scores: &mut [f32],
         out: &mut [f32],
     ) {
-        let base = (h / rep) * capacity * hd;
+        // `k`, `v`: this head's rows 0..offset + m.
+        let base = 0;
         let scale = 1.0 / (hd as f32).sqrt();
         for i in 0..m {
             let len = offset + i + 1;
@@ -107,11 +154,12 @@ multiversion! {
 mod avx2 {
     use std::arch::x86_64::*;
 
+    use super::CacheValue;
     use crate::kernels::simd::{exp_neg, sum8};
 
     /// The sums of four vectors' lanes, as a vector of four.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn sum4(a: [__m256; 4]) -> __m128 {
         let h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
         _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1))
@@ -119,22 +167,22 @@ mod avx2 {
 
     /// Dot product of `q` and `k` (hd floats, hd a multiple of 8), folded like [`sum4`].
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot(q: *const f32, k: *const f32, hd: usize) -> f32 {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot<T: CacheValue>(q: *const f32, k: *const T, hd: usize) -> f32 {
         let mut acc = _mm256_setzero_ps();
         for c in (0..hd).step_by(8) {
-            acc = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(c)), _mm256_loadu_ps(k.add(c)), acc);
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(c)), T::load8(k.add(c)), acc);
         }
         let z = _mm256_setzero_ps();
         _mm_cvtss_f32(sum4([acc, z, z, z]))
     }
 
     #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn head(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn head<T: CacheValue>(
         q: &[f32],
-        k: &[f32],
-        v: &[f32],
+        k: &[T],
+        v: &[T],
         h: usize,
         rep: usize,
         m: usize,
@@ -157,7 +205,7 @@ mod avx2 {
                 for c in (0..hd).step_by(8) {
                     let qv = _mm256_loadu_ps(qp.add(c));
                     for (t, a) in acc.iter_mut().enumerate() {
-                        *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp.add((j + t) * hd + c)), *a);
+                        *a = _mm256_fmadd_ps(qv, T::load8(kp.add((j + t) * hd + c)), *a);
                     }
                 }
                 let s = _mm_mul_ps(sum4(acc), _mm_set1_ps(scale));
@@ -178,7 +226,7 @@ mod avx2 {
                     let p = _mm256_set1_ps(p);
                     let row = vp.add(j * hd + col);
                     for (c, a) in acc.iter_mut().enumerate() {
-                        *a = _mm256_fmadd_ps(p, _mm256_loadu_ps(row.add(c * 8)), *a);
+                        *a = _mm256_fmadd_ps(p, T::load8(row.add(c * 8)), *a);
                     }
                 }
                 for (c, a) in acc.iter().enumerate() {
@@ -247,12 +295,19 @@ mod tests {
             seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
             (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
         };
-        let k: Vec<f32> = (0..nkv * cap * hd).map(|_| rnd() * 4.0).collect();
-        let v: Vec<f32> = (0..nkv * cap * hd).map(|_| rnd()).collect();
+        // The cache holds f16; the reference reads the same values.
+        let k: Vec<f16> = (0..nkv * cap * hd)
+            .map(|_| f16::from_f32(rnd() * 4.0))
+            .collect();
+        let v: Vec<f16> = (0..nkv * cap * hd).map(|_| f16::from_f32(rnd())).collect();
+        let (kf, vf): (Vec<f32>, Vec<f32>) = (
+            k.iter().map(|x| x.to_f32()).collect(),
+            v.iter().map(|x| x.to_f32()).collect(),
+        );
         let (m, off) = (7, 30);
         let q: Vec<f32> = (0..nh * m * hd).map(|_| rnd() * 4.0).collect();
         let got = causal_attention(&q, &k, &v, nh, nkv, m, hd, cap, off);
-        let want = naive(&q, &k, &v, nh, nkv, m, hd, cap, off);
+        let want = naive(&q, &kf, &vf, nh, nkv, m, hd, cap, off);
         for (a, b) in got.iter().zip(&want) {
             assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
         }

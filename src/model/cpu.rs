@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
+use half::slice::HalfFloatSliceExt;
 
 use super::config::Config;
 use super::kv_cache::KvCache;
@@ -250,8 +251,8 @@ impl CpuLlama {
                     let src = &mut kr[head * hd..(head + 1) * hd];
                     self.rope(src, pos);
                     let at = (head * capacity + pos) * hd;
-                    k_cache[at..at + hd].copy_from_slice(src);
-                    v_cache[at..at + hd].copy_from_slice(&vr[head * hd..(head + 1) * hd]);
+                    k_cache[at..at + hd].convert_from_f32_slice(src);
+                    v_cache[at..at + hd].convert_from_f32_slice(&vr[head * hd..(head + 1) * hd]);
                 }
             }
             let att = crate::kernels::causal_attention(

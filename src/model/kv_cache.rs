@@ -2,6 +2,7 @@
 //! what Jacobi decoding needs to drop the entries of rejected block positions.
 
 use candle_core::{Result, Tensor};
+use half::f16;
 
 #[derive(Debug, Clone)]
 struct LayerCache {
@@ -14,8 +15,10 @@ struct LayerCache {
 pub struct KvCache {
     /// Tensors, for the candle forward.
     layers: Vec<Option<LayerCache>>,
-    /// Plain buffers, (kv_heads, cpu_capacity, head_dim) per layer, for the CPU forward.
-    cpu: Vec<(Vec<f32>, Vec<f32>)>,
+    /// Plain buffers, (kv_heads, cpu_capacity, head_dim) per layer, for the CPU forward. Kept
+    /// as f16 (as llama.cpp does): a one-token forward reads the whole cache, and at long
+    /// contexts that read outweighs the weights.
+    cpu: Vec<(Vec<f16>, Vec<f16>)>,
     cpu_capacity: usize,
     len: usize,
     max_len: usize,
@@ -106,7 +109,7 @@ impl KvCache {
             let keep = self.len * head_dim;
             for (k, v) in &mut self.cpu {
                 for buf in [k, v] {
-                    let mut grown = vec![0f32; kv_heads * cap * head_dim];
+                    let mut grown = vec![f16::ZERO; kv_heads * cap * head_dim];
                     if old > 0 {
                         for h in 0..kv_heads {
                             grown[h * cap * head_dim..][..keep]
@@ -122,7 +125,7 @@ impl KvCache {
     }
 
     /// The CPU key and value buffers of `layer`.
-    pub(crate) fn cpu_layer(&mut self, layer: usize) -> (&mut [f32], &mut [f32]) {
+    pub(crate) fn cpu_layer(&mut self, layer: usize) -> (&mut [f16], &mut [f16]) {
         let (k, v) = &mut self.cpu[layer];
         (k, v)
     }
