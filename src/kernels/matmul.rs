@@ -15,7 +15,7 @@
 
 use rayon::prelude::*;
 
-use super::quant::{QuantActs, QuantMatrix, BLOCK, ROWS, TILE};
+use super::quant::{QuantActs, QuantMatrix, BLOCK, FEW_ROWS, ROWS, TILE};
 
 /// Weight rows per task: small enough to balance two threads, large enough to amortise.
 const ROWS_PER_TASK: usize = 32;
@@ -39,16 +39,18 @@ pub fn matmul(w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
         let ptr = ptr;
         let (start, end) = (t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(n));
         #[cfg(target_arch = "x86_64")]
-        if avx2 && m == 1 {
+        if avx2 && m <= FEW_ROWS {
             // Tasks start at multiples of ROWS_PER_TASK, itself a multiple of TILE; rows past
             // n in the last tile are zero padding, computed and dropped.
             let mut tile = [0f32; TILE];
             for o0 in (start..end).step_by(TILE) {
-                // SAFETY: AVX2, FMA and F16C were detected; the tile's rows are stored.
-                unsafe { avx2::tile1(w, x, o0, &mut tile) };
-                for (i, &v) in tile.iter().enumerate().take(end - o0) {
-                    // SAFETY: (0, o0 + i) is owned by this task.
-                    unsafe { *ptr.0.add(o0 + i) = v };
+                for r in 0..m {
+                    // SAFETY: AVX2, FMA and F16C were detected; the tile's rows are stored.
+                    unsafe { avx2::tile1(w, x, r, o0, &mut tile) };
+                    for (i, &v) in tile.iter().enumerate().take(end - o0) {
+                        // SAFETY: (r, o0 + i) is owned by this task.
+                        unsafe { *ptr.0.add(r * n + o0 + i) = v };
+                    }
                 }
             }
             return;
@@ -203,18 +205,26 @@ mod avx2 {
         _mm256_cvtph_ps(_mm_set1_epi16(v.get_unchecked(at).to_bits() as i16))
     }
 
-    /// The eight rows of a tile (`o0` a multiple of [`TILE`]) against the only activation row
-    /// (m == 1), straight from the packed weights, one vector lane per weight row. Per block,
+    /// The eight rows of a tile (`o0` a multiple of [`TILE`]) against activation row `row` (of
+    /// at most `FEW_ROWS`), straight from the packed weights, one vector lane per weight row. Per block,
     /// the eight rows' integer sums are folded into one vector, then each lane does the float
     /// steps the many-row kernel does for that row (`acc = fma(isum, dw * dx, acc)`,
     /// `offset = fma(m, s, offset)`, then `acc + offset`), so the result is bit-identical to
     /// that row's lane in a many-row call.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn tile1(w: &QuantMatrix, x: &QuantActs, o0: usize, out: &mut [f32; TILE]) {
+    pub unsafe fn tile1(
+        w: &QuantMatrix,
+        x: &QuantActs,
+        row: usize,
+        o0: usize,
+        out: &mut [f32; TILE],
+    ) {
         let k = x.k;
         let nb = k / BLOCK;
         let ones = _mm256_set1_epi16(1);
-        let xr = x.row.as_ptr();
+        let xr = x.rows.as_ptr().add(row * k);
+        // This row's scales: lane `row % ROWS` of its group.
+        let xs_at = (row / ROWS) * nb * ROWS + row % ROWS;
         let mut acc = _mm256_setzero_ps();
         let mut offset = _mm256_setzero_ps();
         match w {
@@ -257,7 +267,8 @@ mod avx2 {
                     let at = scale_index(nb, o0, b);
                     let dw = _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr().add(at) as *const __m128i));
                     let mw = _mm256_cvtph_ps(_mm_loadu_si128(m.as_ptr().add(at) as *const __m128i));
-                    let (dx, sx) = (*x.d.get_unchecked(b * ROWS), *x.s.get_unchecked(b * ROWS));
+                    let at_x = xs_at + b * ROWS;
+                    let (dx, sx) = (*x.d.get_unchecked(at_x), *x.s.get_unchecked(at_x));
                     let scale = _mm256_mul_ps(dw, _mm256_set1_ps(dx));
                     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc);
                     offset = _mm256_fmadd_ps(mw, _mm256_set1_ps(sx), offset);
@@ -295,7 +306,8 @@ mod avx2 {
                     );
                     let at = scale_index(nb, o0, b);
                     let dw = _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr().add(at) as *const __m128i));
-                    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*x.d.get_unchecked(b * ROWS)));
+                    let scale =
+                        _mm256_mul_ps(dw, _mm256_set1_ps(*x.d.get_unchecked(xs_at + b * ROWS)));
                     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc);
                 }
             }
@@ -538,6 +550,13 @@ mod tests {
             x.quantize(&raw, m, k);
             let mut all = vec![0f32; m * n];
             matmul(&w, &x, &mut all);
+            // A few rows (the per-row kernel) against the same rows of the many-row call.
+            let few = 3.min(FEW_ROWS);
+            let mut x3 = QuantActs::default();
+            x3.quantize(&raw[..few * k], few, k);
+            let mut out3 = vec![0f32; few * n];
+            matmul(&w, &x3, &mut out3);
+            assert_eq!(&out3[..], &all[..few * n], "{few} rows");
             for r in 0..m {
                 let mut one = QuantActs::default();
                 one.quantize(&raw[r * k..(r + 1) * k], 1, k);

@@ -15,7 +15,7 @@ pub(crate) mod simd;
 pub use arena::{pack, Store, StoreMut};
 pub use attention::causal_attention;
 pub use matmul::{matmul, matmul_reference};
-pub use quant::{QuantActs, QuantMatrix, BLOCK, ROWS};
+pub use quant::{QuantActs, QuantMatrix, BLOCK, FEW_ROWS, ROWS};
 
 /// The thread pool the kernels run on: one thread per core (or `RAYON_NUM_THREADS`). A forward
 /// runs inside it ([`rayon::ThreadPool::install`]), so the calling thread is one of the workers.

@@ -319,9 +319,14 @@ pub struct QuantActs {
     pub d: Vec<f32>,
     /// `d * sum(codes)` per (group, block, row): what multiplies a Q4 block's offset.
     pub s: Vec<f32>,
-    /// When m == 1: the row's codes in natural order, for the one-row kernel.
-    pub row: Vec<i8>,
+    /// When m <= [`FEW_ROWS`]: each row's codes in natural order, for the per-row kernel.
+    pub rows: Vec<i8>,
 }
+
+/// Up to this many activation rows, a matmul runs the one-row kernel per row over each tile of
+/// weights (loaded from memory once, then from L1) instead of the eight-lane kernel, whose cost
+/// is that of eight rows however few are used.
+pub const FEW_ROWS: usize = 4;
 
 impl QuantActs {
     /// Quantizes `x` (m, k) in place of the previous contents (buffers are reused).
@@ -338,10 +343,13 @@ impl QuantActs {
         self.s.clear();
         self.s.resize(groups * ROWS * k / BLOCK, 0.0);
         quantize_rows(x, k, &mut self.qs, &mut self.d, &mut self.s);
-        self.row.clear();
-        if m == 1 {
-            self.row.extend((0..k).map(|j| {
-                self.qs[(j / BLOCK) * ROWS * BLOCK + ((j % BLOCK) / 4) * ROWS * 4 + j % 4]
+        self.rows.clear();
+        if m <= FEW_ROWS {
+            let nb = k / BLOCK;
+            self.rows.extend((0..m * k).map(|i| {
+                let (r, j) = (i / k, i % k);
+                let (g, lane, b, jj) = (r / ROWS, r % ROWS, j / BLOCK, j % BLOCK);
+                self.qs[(g * nb + b) * ROWS * BLOCK + (jj / 4) * ROWS * 4 + lane * 4 + jj % 4]
             }));
         }
     }
