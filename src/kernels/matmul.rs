@@ -199,6 +199,19 @@ mod avx2 {
         }
     }
 
+    /// Pairwise sums within 128-bit halves, twice: lane i of each half holds the sum of that
+    /// half of input i's lanes (`hadd` order).
+    #[inline(always)]
+    unsafe fn fold4(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> __m256i {
+        _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d))
+    }
+
+    /// Eight f16 values at `p` as f32 lanes.
+    #[inline(always)]
+    unsafe fn load_f16x8(p: *const f16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+
     /// The f16 at `v[at]` in all eight lanes.
     #[inline(always)]
     unsafe fn bcast_f16(v: &[f16], at: usize) -> __m256 {
@@ -258,15 +271,12 @@ mod avx2 {
                         _mm256_madd_epi16(s, ones)
                     });
                     // -> rows [0 2 4 6 | 1 3 5 7], then into order.
-                    let h = _mm256_hadd_epi32(
-                        _mm256_hadd_epi32(v[0], v[1]),
-                        _mm256_hadd_epi32(v[2], v[3]),
-                    );
+                    let h = fold4(v[0], v[1], v[2], v[3]);
                     let isum =
                         _mm256_permutevar8x32_epi32(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
                     let at = scale_index(nb, o0, b);
-                    let dw = _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr().add(at) as *const __m128i));
-                    let mw = _mm256_cvtph_ps(_mm_loadu_si128(m.as_ptr().add(at) as *const __m128i));
+                    let dw = load_f16x8(d.as_ptr().add(at));
+                    let mw = load_f16x8(m.as_ptr().add(at));
                     let at_x = xs_at + b * ROWS;
                     let (dx, sx) = (*x.d.get_unchecked(at_x), *x.s.get_unchecked(at_x));
                     let scale = _mm256_mul_ps(dw, _mm256_set1_ps(dx));
@@ -292,20 +302,14 @@ mod avx2 {
                         _mm256_madd_epi16(p, ones)
                     });
                     // Each h: [r, r+1, r+2, r+3 | the same rows' other halves].
-                    let h0 = _mm256_hadd_epi32(
-                        _mm256_hadd_epi32(v[0], v[1]),
-                        _mm256_hadd_epi32(v[2], v[3]),
-                    );
-                    let h1 = _mm256_hadd_epi32(
-                        _mm256_hadd_epi32(v[4], v[5]),
-                        _mm256_hadd_epi32(v[6], v[7]),
-                    );
+                    let h0 = fold4(v[0], v[1], v[2], v[3]);
+                    let h1 = fold4(v[4], v[5], v[6], v[7]);
                     let isum = _mm256_add_epi32(
                         _mm256_permute2x128_si256(h0, h1, 0x20),
                         _mm256_permute2x128_si256(h0, h1, 0x31),
                     );
                     let at = scale_index(nb, o0, b);
-                    let dw = _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr().add(at) as *const __m128i));
+                    let dw = load_f16x8(d.as_ptr().add(at));
                     let scale =
                         _mm256_mul_ps(dw, _mm256_set1_ps(*x.d.get_unchecked(xs_at + b * ROWS)));
                     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc);
