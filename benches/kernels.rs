@@ -7,7 +7,7 @@ use fixpoint::kernels::{matmul, QuantActs, QuantMatrix};
 
 fn weights(n: usize, k: usize, q4: bool) -> QuantMatrix {
     let w: Vec<f32> = (0..n * k)
-        .map(|i| (((i + 0) * 7919 % 1000) as f32 - 500.0) / 5000.0)
+        .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 5000.0)
         .collect();
     let q8 = QuantMatrix::quantize_q8(n, k, &w);
     if !q4 {

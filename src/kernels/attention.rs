@@ -112,7 +112,6 @@ multiversion! {
         out: &mut [f32],
     ) {
         // `k`, `v`: this head's rows 0..offset + m.
-        let base = 0;
         let scale = 1.0 / (hd as f32).sqrt();
         for i in 0..m {
             let len = offset + i + 1;
@@ -120,14 +119,14 @@ multiversion! {
             let scores = &mut scores[..len];
             let quads = len / 4 * 4;
             for j in (0..quads).step_by(4) {
-                let key = |t: usize| &k[base + (j + t) * hd..][..hd];
+                let key = |t: usize| &k[(j + t) * hd..][..hd];
                 let d = dot8x4(qrow, [key(0), key(1), key(2), key(3)]);
                 for t in 0..4 {
                     scores[j + t] = d[t] * scale;
                 }
             }
             for j in quads..len {
-                scores[j] = dot8(qrow, &k[base + j * hd..][..hd]) * scale;
+                scores[j] = dot8(qrow, &k[j * hd..][..hd]) * scale;
             }
             let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
             for s in scores.iter_mut() {
@@ -138,7 +137,7 @@ multiversion! {
             o.fill(0.0);
             for (j, &s) in scores.iter().enumerate() {
                 let p = s * inv;
-                for (o, &x) in o.iter_mut().zip(&v[base + j * hd..][..hd]) {
+                for (o, &x) in o.iter_mut().zip(&v[j * hd..][..hd]) {
                     *o += p * x;
                 }
             }

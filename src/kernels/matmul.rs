@@ -1,14 +1,16 @@
 //! `out (m, n) = x (m, k) @ w (n, k)^T` on quantized blocks. Weight rows are split over the
 //! thread pool.
 //!
-//! Many rows (m > 1): each weight row is unpacked once, then each four-value chunk of it is
-//! broadcast against a vector holding that chunk for eight activation rows ([`QuantActs`]'
-//! layout): one multiply gives eight rows' partial sums, and each vector lane is one row from
-//! start to end. A pass over eight rows therefore costs what a pass over one row costs.
+//! Many rows (more than [`FEW_ROWS`]): each weight row is unpacked once, then each four-value
+//! chunk of it is broadcast against a vector holding that chunk for eight activation rows
+//! ([`QuantActs`]' layout): one multiply gives eight rows' partial sums, and each vector lane is
+//! one row from start to end. A pass over eight rows therefore costs what a pass over one row
+//! costs.
 //!
-//! One row (m == 1, autoregressive decoding): eight weight rows at a time ([`TILE`]), straight
-//! from the packed codes, their block sums folded into one vector with a lane per weight row, so
-//! the float steps run eight rows per instruction instead of one.
+//! One row (autoregressive decoding), or up to [`FEW_ROWS`] rows one after another: eight
+//! weight rows at a time ([`TILE`]), straight from the packed codes, their block sums folded
+//! into one vector with a lane per weight row, so the float steps run eight weight rows per
+//! instruction instead of one.
 //!
 //! Either way each (row, output) gets the same float operations in the same order, so a row's
 //! result never depends on which other rows share the call.
@@ -219,8 +221,8 @@ mod avx2 {
     }
 
     /// The eight rows of a tile (`o0` a multiple of [`TILE`]) against activation row `row` (of
-    /// at most `FEW_ROWS`), straight from the packed weights, one vector lane per weight row. Per block,
-    /// the eight rows' integer sums are folded into one vector, then each lane does the float
+    /// at most `FEW_ROWS`), straight from the packed weights, one vector lane per weight row.
+    /// Per block, the eight rows' integer sums are folded into one vector, then each lane does the float
     /// steps the many-row kernel does for that row (`acc = fma(isum, dw * dx, acc)`,
     /// `offset = fma(m, s, offset)`, then `acc + offset`), so the result is bit-identical to
     /// that row's lane in a many-row call.
@@ -244,11 +246,13 @@ mod avx2 {
             QuantMatrix::Q4 { qs, d, m, .. } => {
                 let mask = _mm256_set1_epi8(0x0F);
                 let base = qs.as_ptr().add(o0 * k / 2);
-                // The next tile follows this one: 128 bytes of it per block.
-                let next = base.add(TILE * k / 2);
+                // The next tile follows this one: 128 bytes of it per block. (Past the last
+                // tile the hints point nowhere, which a prefetch ignores; `wrapping_add` keeps
+                // the address arithmetic defined.)
+                let next = base.wrapping_add(TILE * k / 2);
                 for b in 0..nb {
-                    _mm_prefetch::<_MM_HINT_T0>(next.add(b * 128) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(next.add(b * 128 + 64) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(b * 128) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(b * 128 + 64) as *const i8);
                     // The block's values 0..16 and 16..32 in both halves, against the low and
                     // high nibbles of two rows' 16 bytes.
                     let x1 = _mm256_broadcastsi128_si256(_mm_loadu_si128(
@@ -286,10 +290,10 @@ mod avx2 {
             }
             QuantMatrix::Q8 { qs, d, .. } => {
                 let base = qs.as_ptr().add(o0 * k);
-                let next = base.add(TILE * k);
+                let next = base.wrapping_add(TILE * k);
                 for b in 0..nb {
                     for l in 0..4 {
-                        _mm_prefetch::<_MM_HINT_T0>(next.add(b * 256 + l * 64));
+                        _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(b * 256 + l * 64));
                     }
                     let xv = _mm256_loadu_si256(xr.add(b * BLOCK) as *const __m256i);
                     let v: [__m256i; TILE] = std::array::from_fn(|r| {

@@ -17,18 +17,13 @@ pub use attention::causal_attention;
 pub use matmul::{matmul, matmul_reference};
 pub use quant::{QuantActs, QuantMatrix, BLOCK, FEW_ROWS, ROWS};
 
-/// The thread pool the kernels run on: one thread per core (or `RAYON_NUM_THREADS`). A forward
-/// runs inside it ([`rayon::ThreadPool::install`]), so the calling thread is one of the workers.
+/// The thread pool the kernels run on: rayon's default size (`RAYON_NUM_THREADS`, else one
+/// thread per core). A forward runs inside it ([`rayon::ThreadPool::install`]), so the calling
+/// thread is one of the workers.
 pub fn pool() -> &'static rayon::ThreadPool {
     static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
-        let threads = std::env::var("RAYON_NUM_THREADS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&n: &usize| n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
             .thread_name(|i| format!("fixpoint-kernel-{i}"))
             .build()
             .expect("building the kernel thread pool")

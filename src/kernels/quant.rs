@@ -224,11 +224,8 @@ impl QuantMatrix {
             let amax = block.iter().fold(0f32, |a, x| a.max(x.abs()));
             // Stored as f16, as in GGUF.
             let scale = f16::from_f32(amax / 127.0);
-            let inv = if scale.to_f32() == 0.0 {
-                0.0
-            } else {
-                1.0 / scale.to_f32()
-            };
+            let s = scale.to_f32();
+            let inv = if s == 0.0 { 0.0 } else { 1.0 / s };
             qs.extend(
                 block
                     .iter()
@@ -343,15 +340,12 @@ impl QuantActs {
         self.s.clear();
         self.s.resize(groups * ROWS * k / BLOCK, 0.0);
         quantize_rows(x, k, &mut self.qs, &mut self.d, &mut self.s);
-        self.rows.clear();
+        let mut rows = std::mem::take(&mut self.rows);
+        rows.clear();
         if m <= FEW_ROWS {
-            let nb = k / BLOCK;
-            self.rows.extend((0..m * k).map(|i| {
-                let (r, j) = (i / k, i % k);
-                let (g, lane, b, jj) = (r / ROWS, r % ROWS, j / BLOCK, j % BLOCK);
-                self.qs[(g * nb + b) * ROWS * BLOCK + (jj / 4) * ROWS * 4 + lane * 4 + jj % 4]
-            }));
+            rows.extend((0..m * k).map(|i| self.code(i / k, i % k)));
         }
+        self.rows = rows;
     }
 
     pub fn groups(&self) -> usize {
