@@ -54,6 +54,26 @@ fn matmul_rows(c: &mut Criterion) {
     }
 }
 
+/// One thread on weights that fit in L1 (64 rows of 576): the kernel's arithmetic throughput
+/// alone, without memory or scheduling. Elements are multiply-adds.
+fn matmul_in_cache(c: &mut Criterion) {
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let (n, k) = (64, 576);
+    for (name, q4) in [("q4", true), ("q8", false)] {
+        let w = weights(n, k, q4);
+        let mut group = c.benchmark_group(format!("matmul_in_cache/{name}"));
+        for m in [1, 4, 8] {
+            let x = acts(m, k);
+            let mut out = vec![0f32; m * n];
+            group.throughput(Throughput::Elements((m * n * k) as u64));
+            group.bench_with_input(BenchmarkId::from_parameter(m), &m, |b, _| {
+                one.install(|| b.iter(|| matmul(&w, &x, &mut out)))
+            });
+        }
+        group.finish();
+    }
+}
+
 fn quantize(c: &mut Criterion) {
     let x: Vec<f32> = (0..16 * 1536).map(|i| (i % 13) as f32 - 6.0).collect();
     let mut a = QuantActs::default();
@@ -81,5 +101,5 @@ fn attention(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, matmul_rows, quantize, attention);
+criterion_group!(benches, matmul_rows, matmul_in_cache, quantize, attention);
 criterion_main!(benches);

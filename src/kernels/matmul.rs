@@ -1,23 +1,27 @@
 //! `out (m, n) = x (m, k) @ w (n, k)^T` on quantized blocks. Weight rows are split over the
-//! thread pool.
+//! thread pool in tiles of [`TILE`].
 //!
-//! Many rows (more than [`FEW_ROWS`]): each weight row is unpacked once, then each four-value
-//! chunk of it is broadcast against a vector holding that chunk for eight activation rows
-//! ([`QuantActs`]' layout): one multiply gives eight rows' partial sums, and each vector lane is
-//! one row from start to end. A pass over eight rows therefore costs what a pass over one row
-//! costs.
+//! The kernel takes one tile of eight weight rows against up to [`CHUNK`] activation rows. Per
+//! block it loads the tile's codes once (four or eight 32-byte vectors, see
+//! [`super::quant::code_index`]) and, for each activation row, multiplies them by the row's
+//! bytes broadcast, folding each weight row's sum into its own lane; the float steps (scales,
+//! Q4 offsets) then run for eight weight rows per instruction. The tile stays in L1 while the
+//! next chunk of activation rows passes over it, so weights are read from memory once per call
+//! whatever m is.
 //!
-//! One row (autoregressive decoding), or up to [`FEW_ROWS`] rows one after another: eight
-//! weight rows at a time ([`TILE`]), straight from the packed codes, their block sums folded
-//! into one vector with a lane per weight row, so the float steps run eight weight rows per
-//! instruction instead of one.
-//!
-//! Either way each (row, output) gets the same float operations in the same order, so a row's
-//! result never depends on which other rows share the call.
+//! Each (row, output) gets the same integer sum (exact) and then the same float operations in
+//! the same order, whichever chunk size carried it, so a row's result never depends on which
+//! other rows share the call.
 
 use rayon::prelude::*;
 
-use super::quant::{QuantActs, QuantMatrix, BLOCK, FEW_ROWS, ROWS, TILE};
+use super::quant::{QuantActs, QuantMatrix, BLOCK, TILE};
+
+/// Activation rows per kernel call, at most: enough to spread a tile's loads and unpacking over
+/// several rows, few enough that the accumulators stay in registers. Q8 keeps its eight weight
+/// vectors' absolute values in registers too, and runs fastest two rows at a time.
+pub const CHUNK: usize = 4;
+const CHUNK_Q8: usize = 2;
 
 /// Weight rows per task: small enough to balance two threads, large enough to amortise.
 const ROWS_PER_TASK: usize = 32;
@@ -37,73 +41,49 @@ pub fn matmul(w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
     let ptr = OutPtr(out.as_mut_ptr());
     let tasks = n.div_ceil(ROWS_PER_TASK);
     let avx2 = super::simd::has_avx2();
+    let chunk = match w {
+        QuantMatrix::Q4 { .. } => CHUNK,
+        QuantMatrix::Q8 { .. } => CHUNK_Q8,
+    };
     let run = |t: usize| {
         let ptr = ptr;
         let (start, end) = (t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(n));
-        #[cfg(target_arch = "x86_64")]
-        if avx2 && m <= FEW_ROWS {
-            // Tasks start at multiples of ROWS_PER_TASK, itself a multiple of TILE; rows past
-            // n in the last tile are zero padding, computed and dropped.
-            let mut tile = [0f32; TILE];
-            for o0 in (start..end).step_by(TILE) {
-                for r in 0..m {
-                    // SAFETY: AVX2, FMA and F16C were detected; the tile's rows are stored.
-                    unsafe { avx2::tile1(w, x, r, o0, &mut tile) };
-                    for (i, &v) in tile.iter().enumerate().take(end - o0) {
-                        // SAFETY: (r, o0 + i) is owned by this task.
-                        unsafe { *ptr.0.add(r * n + o0 + i) = v };
+        let mut tile = [[0f32; TILE]; CHUNK];
+        // Tasks start at multiples of ROWS_PER_TASK, itself a multiple of TILE; rows past n in
+        // the last tile are zero padding, computed and dropped.
+        for o0 in (start..end).step_by(TILE) {
+            for r0 in (0..m).step_by(chunk) {
+                let rows = (m - r0).min(chunk);
+                if avx2 {
+                    // SAFETY: AVX2, FMA and F16C were detected; the tile is stored whole and
+                    // rows r0..r0 + rows exist.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        match rows {
+                            1 => avx2::tile::<1>(w, x, r0, o0, &mut tile),
+                            2 => avx2::tile::<2>(w, x, r0, o0, &mut tile),
+                            3 => avx2::tile::<3>(w, x, r0, o0, &mut tile),
+                            _ => avx2::tile::<4>(w, x, r0, o0, &mut tile),
+                        }
                     }
+                } else {
+                    tile_portable(w, x, r0, rows, o0, &mut tile);
+                }
+                let cols = (end - o0).min(TILE);
+                for (i, vals) in tile.iter().enumerate().take(rows) {
+                    // SAFETY: row r0 + i, columns o0..o0 + cols are in bounds and owned by
+                    // this task.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            vals.as_ptr(),
+                            ptr.0.add((r0 + i) * n + o0),
+                            cols,
+                        )
+                    };
                 }
             }
-            return;
-        }
-        let mut unpacked = vec![0u8; k];
-        let mut unpacked2 = vec![0u8; k];
-        let mut res = [0f32; ROWS];
-        let mut res2 = [0f32; ROWS];
-        let mut o = start;
-        while o < end {
-            // Two Q4 weight rows per pass share every activation load (the kernel is bound by
-            // loads, not multiplies); each output is still computed exactly as alone.
-            let pair = cfg!(target_arch = "x86_64")
-                && avx2
-                && o + 1 < end
-                && matches!(w, QuantMatrix::Q4 { .. });
-            let codes = unpack_row(w, o, &mut unpacked);
-            let codes2 = if pair {
-                unpack_row(w, o + 1, &mut unpacked2)
-            } else {
-                &[]
-            };
-            for g in 0..x.groups() {
-                #[cfg(target_arch = "x86_64")]
-                if pair {
-                    // SAFETY: AVX2 and FMA were detected; rows o and o + 1 are in bounds.
-                    unsafe { avx2::rows8x2(w, x, o, g, [codes, codes2], [&mut res, &mut res2]) };
-                } else if avx2 {
-                    // SAFETY: AVX2 and FMA were detected.
-                    unsafe { avx2::rows8(w, x, o, g, codes, &mut res) };
-                } else {
-                    rows8_scalar(w, x, o, g, codes, &mut res);
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                rows8_scalar(w, x, o, g, codes, &mut res);
-                let outs: &[(usize, &[f32; ROWS])] = if pair {
-                    &[(o, &res), (o + 1, &res2)]
-                } else {
-                    &[(o, &res)]
-                };
-                for &(col, r) in outs {
-                    for (lane, &v) in r.iter().enumerate().take(m - g * ROWS) {
-                        // SAFETY: (g * ROWS + lane, col) is in bounds and owned by this task.
-                        unsafe { *ptr.0.add((g * ROWS + lane) * n + col) = v };
-                    }
-                }
-            }
-            o += if pair { 2 } else { 1 };
         }
     };
-    let _ = avx2;
     if tasks > 1 && m * n * k >= 1 << 16 {
         (0..tasks).into_par_iter().for_each(run);
     } else {
@@ -111,69 +91,48 @@ pub fn matmul(w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
     }
 }
 
-/// Weight row `o` as one code byte per value: Q4 codes 0..16 unpacked into `buf` (k bytes),
-/// or the Q8 codes themselves, read as bytes.
-fn unpack_row<'a>(w: &'a QuantMatrix, o: usize, buf: &'a mut [u8]) -> &'a [u8] {
-    let k = buf.len();
-    match w {
-        QuantMatrix::Q4 { qs, .. } => {
-            let row = &qs[o * k / 2..(o + 1) * k / 2];
-            #[cfg(target_arch = "x86_64")]
-            if super::simd::has_avx2() {
-                // SAFETY: AVX2 was detected.
-                unsafe { avx2::unpack_q4(row, buf) };
-                return buf;
-            }
-            for (bytes, vals) in row.chunks_exact(16).zip(buf.chunks_exact_mut(BLOCK)) {
-                let (lo, hi) = vals.split_at_mut(16);
-                for ((l, h), &b) in lo.iter_mut().zip(hi.iter_mut()).zip(bytes) {
-                    *l = b & 0x0F;
-                    *h = b >> 4;
-                }
-            }
-            buf
-        }
-        QuantMatrix::Q8 { qs, .. } => {
-            let row = &qs[o * k..(o + 1) * k];
-            // SAFETY: i8 and u8 have the same size and alignment; the kernels read the bits.
-            unsafe { std::slice::from_raw_parts(row.as_ptr() as *const u8, k) }
-        }
-    }
-}
-
-/// Portable kernel with the same per-row arithmetic order as the AVX2 one: exact integer block
-/// sums, then per block `acc += isum * (dw * dx)` and (Q4) `offset += m * s`.
-fn rows8_scalar(
+/// The kernel without SIMD, for CPUs without AVX2: exact integer block sums, then per block
+/// `acc += isum * (dw * dx)` and (Q4) `offset += m * s`, then `acc + offset`.
+fn tile_portable(
     w: &QuantMatrix,
     x: &QuantActs,
-    o: usize,
-    g: usize,
-    wq: &[u8],
-    res: &mut [f32; ROWS],
+    r0: usize,
+    rows: usize,
+    o0: usize,
+    out: &mut [[f32; TILE]; CHUNK],
 ) {
-    let k = x.k;
-    let nb = k / BLOCK;
-    for lane in 0..ROWS {
-        let r = g * ROWS + lane;
-        if r >= x.m {
-            res[lane] = 0.0;
-            continue;
-        }
-        let (mut acc, mut offset) = (0f32, 0f32);
-        for b in 0..nb {
-            let mut isum = 0i32;
-            for j in 0..BLOCK {
-                let wv = match w {
-                    QuantMatrix::Q4 { .. } => wq[b * BLOCK + j] as i32,
-                    QuantMatrix::Q8 { .. } => wq[b * BLOCK + j] as i8 as i32,
-                };
-                isum += wv * x.code(r, b * BLOCK + j) as i32;
+    let nb = x.k / BLOCK;
+    let n_stored = w.dims().0.div_ceil(TILE) * TILE;
+    for (i, res) in out.iter_mut().enumerate().take(rows) {
+        let r = r0 + i;
+        for (lane, res) in res.iter_mut().enumerate() {
+            let o = o0 + lane;
+            if o >= n_stored {
+                *res = 0.0;
+                continue;
             }
-            let (dw, mw) = (w.scale(o, b), w.offset(o, b));
-            acc += isum as f32 * (dw * x.scale(r, b));
-            offset += mw * x.scaled_sum(r, b);
+            let (mut acc, mut offset) = (0f32, 0f32);
+            for b in 0..nb {
+                let xb = &x.qs[r * x.k + b * BLOCK..][..BLOCK];
+                let isum: i32 = match w {
+                    QuantMatrix::Q4 { .. } => w
+                        .block_codes(o, b)
+                        .enumerate()
+                        .map(|(j, q)| {
+                            (q & 0x0F) as i32 * xb[j] as i32 + (q >> 4) as i32 * xb[j + 16] as i32
+                        })
+                        .sum(),
+                    QuantMatrix::Q8 { .. } => w
+                        .block_codes(o, b)
+                        .zip(xb)
+                        .map(|(q, &v)| q as i8 as i32 * v as i32)
+                        .sum(),
+                };
+                acc += isum as f32 * (w.scale(o, b) * x.scale(r, b));
+                offset += w.offset(o, b) * x.scaled_sum(r, b);
+            }
+            *res = acc + offset;
         }
-        res[lane] = acc + offset;
     }
 }
 
@@ -183,30 +142,8 @@ mod avx2 {
 
     use half::f16;
 
-    use super::super::quant::{scale_index, QuantActs, QuantMatrix, BLOCK, ROWS, TILE};
-
-    /// Q4 blocks of 16 bytes into 32 codes each: low nibbles, then high nibbles.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn unpack_q4(row: &[u8], out: &mut [u8]) {
-        let mask = _mm_set1_epi8(0x0F);
-        assert_eq!(out.len(), row.len() * 2);
-        for b in 0..row.len() / 16 {
-            let raw = _mm_loadu_si128(row.as_ptr().add(b * 16) as *const __m128i);
-            let lo = _mm_and_si128(raw, mask);
-            let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-            _mm256_storeu_si256(
-                out.as_mut_ptr().add(b * 32) as *mut __m256i,
-                _mm256_set_m128i(hi, lo),
-            );
-        }
-    }
-
-    /// Pairwise sums within 128-bit halves, twice: lane i of each half holds the sum of that
-    /// half of input i's lanes (`hadd` order).
-    #[inline(always)]
-    unsafe fn fold4(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> __m256i {
-        _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d))
-    }
+    use super::super::quant::{scale_index, QuantActs, QuantMatrix, BLOCK, TILE};
+    use super::CHUNK;
 
     /// Eight f16 values at `p` as f32 lanes.
     #[inline(always)]
@@ -214,240 +151,141 @@ mod avx2 {
         _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
     }
 
-    /// The f16 at `v[at]` in all eight lanes.
+    /// Bytes `at..at + 8` of `p` in all four 64-bit lanes.
     #[inline(always)]
-    unsafe fn bcast_f16(v: &[f16], at: usize) -> __m256 {
-        _mm256_cvtph_ps(_mm_set1_epi16(v.get_unchecked(at).to_bits() as i16))
+    unsafe fn bcast8(p: *const i8, at: usize) -> __m256i {
+        _mm256_set1_epi64x((p.add(at) as *const i64).read_unaligned())
     }
 
-    /// The eight rows of a tile (`o0` a multiple of [`TILE`]) against activation row `row` (of
-    /// at most `FEW_ROWS`), straight from the packed weights, one vector lane per weight row.
-    /// Per block, the eight rows' integer sums are folded into one vector, then each lane does the float
-    /// steps the many-row kernel does for that row (`acc = fma(isum, dw * dx, acc)`,
-    /// `offset = fma(m, s, offset)`, then `acc + offset`), so the result is bit-identical to
-    /// that row's lane in a many-row call.
+    /// Even rows' sums in `a`, odd rows' in `b` (a row per 64-bit lane, as `bits`-bit
+    /// integers): each lane's halves added, then a's in the low and b's in the high 32 bits, so
+    /// that rows come out in order.
+    #[inline(always)]
+    unsafe fn interleave(a: __m256i, b: __m256i, bits: u32) -> __m256i {
+        let (a, b) = if bits == 16 {
+            (
+                _mm256_add_epi16(a, _mm256_srli_epi64(a, 32)),
+                _mm256_add_epi16(b, _mm256_slli_epi64(b, 32)),
+            )
+        } else {
+            (
+                _mm256_add_epi32(a, _mm256_srli_epi64(a, 32)),
+                _mm256_add_epi32(b, _mm256_slli_epi64(b, 32)),
+            )
+        };
+        _mm256_blend_epi32(a, b, 0b1010_1010)
+    }
+
+    /// Weight rows `o0..o0 + 8` (a tile) against activation rows `r0..r0 + R`: `out[i][lane]`
+    /// is row r0 + i against weight row o0 + lane. Per block, each activation row's eight
+    /// integer sums are folded into one vector (lane = weight row), then
+    /// `acc = fma(isum, dw * dx, acc)` and (Q4) `offset = fma(m, s, offset)`; the result is
+    /// `acc + offset`. Nothing here depends on R but the number of rows.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn tile1(
+    pub unsafe fn tile<const R: usize>(
         w: &QuantMatrix,
         x: &QuantActs,
-        row: usize,
+        r0: usize,
         o0: usize,
-        out: &mut [f32; TILE],
+        out: &mut [[f32; TILE]; CHUNK],
     ) {
         let k = x.k;
         let nb = k / BLOCK;
         let ones = _mm256_set1_epi16(1);
-        let xr = x.rows.as_ptr().add(row * k);
-        // This row's scales: lane `row % ROWS` of its group.
-        let xs_at = (row / ROWS) * nb * ROWS + row % ROWS;
-        let mut acc = _mm256_setzero_ps();
-        let mut offset = _mm256_setzero_ps();
+        let xq: [*const i8; R] = std::array::from_fn(|i| x.qs.as_ptr().add((r0 + i) * k));
+        let xd: [*const f32; R] = std::array::from_fn(|i| x.d.as_ptr().add((r0 + i) * nb));
+        let xs: [*const f32; R] = std::array::from_fn(|i| x.s.as_ptr().add((r0 + i) * nb));
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut offset = [_mm256_setzero_ps(); R];
         match w {
             QuantMatrix::Q4 { qs, d, m, .. } => {
                 let mask = _mm256_set1_epi8(0x0F);
-                let base = qs.as_ptr().add(o0 * k / 2);
-                // The next tile follows this one: 128 bytes of it per block. (Past the last
-                // tile the hints point nowhere, which a prefetch ignores; `wrapping_add` keeps
-                // the address arithmetic defined.)
-                let next = base.wrapping_add(TILE * k / 2);
+                let base = qs.as_ptr().add(o0 / TILE * nb * TILE * 16);
+                // The next tile follows this one (past the last tile the hints point nowhere,
+                // which a prefetch ignores; `wrapping_add` keeps the arithmetic defined).
+                let next = base.wrapping_add(nb * TILE * 16);
                 for b in 0..nb {
                     _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(b * 128) as *const i8);
                     _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(b * 128 + 64) as *const i8);
-                    // The block's values 0..16 and 16..32 in both halves, against the low and
-                    // high nibbles of two rows' 16 bytes.
-                    let x1 = _mm256_broadcastsi128_si256(_mm_loadu_si128(
-                        xr.add(b * BLOCK) as *const __m128i
-                    ));
-                    let x2 = _mm256_broadcastsi128_si256(_mm_loadu_si128(
-                        xr.add(b * BLOCK + 16) as *const __m128i
-                    ));
-                    let v: [__m256i; 4] = std::array::from_fn(|i| {
-                        let row = |r: usize| base.add(r * k / 2 + b * 16) as *const __m128i;
-                        let raw = _mm256_loadu2_m128i(row(2 * i + 1), row(2 * i));
-                        let lo = _mm256_and_si256(raw, mask);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
-                        // Codes < 16: two 2-value sums per i16 stay below 2^15.
-                        let s = _mm256_add_epi16(
-                            _mm256_maddubs_epi16(lo, x1),
-                            _mm256_maddubs_epi16(hi, x2),
-                        );
-                        // Lanes 0..4: row 2i, lanes 4..8: row 2i + 1.
-                        _mm256_madd_epi16(s, ones)
+                    // Vectors: group 0 bytes 0..8, group 0 bytes 8..16, then group 1. Low
+                    // nibbles are values 0..16 of the block, high nibbles 16..32.
+                    let raw: [__m256i; 4] = std::array::from_fn(|v| {
+                        _mm256_loadu_si256(base.add(b * 128 + v * 32) as *const __m256i)
                     });
-                    // -> rows [0 2 4 6 | 1 3 5 7], then into order.
-                    let h = fold4(v[0], v[1], v[2], v[3]);
-                    let isum =
-                        _mm256_permutevar8x32_epi32(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+                    let lo = raw.map(|v| _mm256_and_si256(v, mask));
+                    let hi = raw.map(|v| _mm256_and_si256(_mm256_srli_epi16(v, 4), mask));
                     let at = scale_index(nb, o0, b);
                     let dw = load_f16x8(d.as_ptr().add(at));
-                    let mw = load_f16x8(m.as_ptr().add(at));
-                    let at_x = xs_at + b * ROWS;
-                    let (dx, sx) = (*x.d.get_unchecked(at_x), *x.s.get_unchecked(at_x));
-                    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(dx));
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc);
-                    offset = _mm256_fmadd_ps(mw, _mm256_set1_ps(sx), offset);
+                    for i in 0..R {
+                        let xc: [__m256i; 4] =
+                            std::array::from_fn(|c| bcast8(xq[i], b * BLOCK + c * 8));
+                        // Codes < 16 and |x| <= 127: the eight 2-value sums a row's 64-bit
+                        // lane is folded to stay below 8 * 15 * 127 * 2 = 30480 < 2^15.
+                        let group = |g: usize| {
+                            _mm256_add_epi16(
+                                _mm256_add_epi16(
+                                    _mm256_maddubs_epi16(lo[2 * g], xc[0]),
+                                    _mm256_maddubs_epi16(lo[2 * g + 1], xc[1]),
+                                ),
+                                _mm256_add_epi16(
+                                    _mm256_maddubs_epi16(hi[2 * g], xc[2]),
+                                    _mm256_maddubs_epi16(hi[2 * g + 1], xc[3]),
+                                ),
+                            )
+                        };
+                        let isum = _mm256_madd_epi16(interleave(group(0), group(1), 16), ones);
+                        let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*xd[i].add(b)));
+                        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[i]);
+                    }
+                }
+                // The offsets' own chain, in the same block order: a pass of its own keeps
+                // the loop above within the sixteen vector registers.
+                for b in 0..nb {
+                    let mw = load_f16x8(m.as_ptr().add(scale_index(nb, o0, b)));
+                    for i in 0..R {
+                        offset[i] = _mm256_fmadd_ps(mw, _mm256_set1_ps(*xs[i].add(b)), offset[i]);
+                    }
                 }
             }
             QuantMatrix::Q8 { qs, d, .. } => {
-                let base = qs.as_ptr().add(o0 * k);
-                let next = base.wrapping_add(TILE * k);
+                let base = qs.as_ptr().add(o0 / TILE * nb * TILE * BLOCK);
+                let next = base.wrapping_add(nb * TILE * BLOCK);
                 for b in 0..nb {
                     for l in 0..4 {
                         _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(b * 256 + l * 64));
                     }
-                    let xv = _mm256_loadu_si256(xr.add(b * BLOCK) as *const __m256i);
-                    let v: [__m256i; TILE] = std::array::from_fn(|r| {
-                        let wv = _mm256_loadu_si256(base.add(r * k + b * BLOCK) as *const __m256i);
-                        // maddubs multiplies unsigned by signed: move w's sign onto x.
-                        let p = _mm256_maddubs_epi16(
-                            _mm256_sign_epi8(wv, wv),
-                            _mm256_sign_epi8(xv, wv),
-                        );
-                        _mm256_madd_epi16(p, ones)
-                    });
-                    // Each h: [r, r+1, r+2, r+3 | the same rows' other halves].
-                    let h0 = fold4(v[0], v[1], v[2], v[3]);
-                    let h1 = fold4(v[4], v[5], v[6], v[7]);
-                    let isum = _mm256_add_epi32(
-                        _mm256_permute2x128_si256(h0, h1, 0x20),
-                        _mm256_permute2x128_si256(h0, h1, 0x31),
-                    );
-                    let at = scale_index(nb, o0, b);
-                    let dw = load_f16x8(d.as_ptr().add(at));
-                    let scale =
-                        _mm256_mul_ps(dw, _mm256_set1_ps(*x.d.get_unchecked(xs_at + b * ROWS)));
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc);
+                    let dw = load_f16x8(d.as_ptr().add(scale_index(nb, o0, b)));
+                    for i in 0..R {
+                        let xc: [__m256i; 4] =
+                            std::array::from_fn(|c| bcast8(xq[i], b * BLOCK + c * 8));
+                        // Vector v holds bytes (v % 4) * 8.. of group v / 4. Products of two
+                        // int8 codes: sum pairs into i32 at once (two would overflow i16).
+                        let part = |v: usize| {
+                            let wv =
+                                _mm256_loadu_si256(base.add(b * 256 + v * 32) as *const __m256i);
+                            // maddubs multiplies unsigned by signed: move w's sign onto x.
+                            let p = _mm256_maddubs_epi16(
+                                _mm256_sign_epi8(wv, wv),
+                                _mm256_sign_epi8(xc[v % 4], wv),
+                            );
+                            _mm256_madd_epi16(p, ones)
+                        };
+                        let group = |g: usize| {
+                            _mm256_add_epi32(
+                                _mm256_add_epi32(part(4 * g), part(4 * g + 1)),
+                                _mm256_add_epi32(part(4 * g + 2), part(4 * g + 3)),
+                            )
+                        };
+                        let isum = interleave(group(0), group(1), 32);
+                        let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*xd[i].add(b)));
+                        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[i]);
+                    }
                 }
             }
         }
-        _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(acc, offset));
-    }
-
-    /// Weight row `o` (unpacked codes `wq`) against activation rows `g*8..g*8+8`; lane r of
-    /// every vector belongs to row g*8+r.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn rows8(
-        w: &QuantMatrix,
-        x: &QuantActs,
-        o: usize,
-        g: usize,
-        wq: &[u8],
-        res: &mut [f32; ROWS],
-    ) {
-        let nb = x.k / BLOCK;
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_ps();
-        let mut offset = _mm256_setzero_ps();
-        let wp = wq.as_ptr();
-        match w {
-            QuantMatrix::Q4 { d, m, .. } => {
-                for b in 0..nb {
-                    let xb = x.qs.as_ptr().add((g * nb + b) * ROWS * BLOCK);
-                    // Q4 codes are < 16, so eight chunks of pair sums fit in i16.
-                    let mut s16 = _mm256_setzero_si256();
-                    for c in 0..8 {
-                        let wc = _mm256_set1_epi32(
-                            (wp.add(b * BLOCK + c * 4) as *const i32).read_unaligned(),
-                        );
-                        let xv = _mm256_loadu_si256(xb.add(c * ROWS * 4) as *const __m256i);
-                        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(wc, xv));
-                    }
-                    let isum = _mm256_madd_epi16(s16, ones);
-                    let at = (g * nb + b) * ROWS;
-                    let scale = _mm256_mul_ps(
-                        bcast_f16(d, scale_index(nb, o, b)),
-                        _mm256_loadu_ps(x.d.as_ptr().add(at)),
-                    );
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc);
-                    offset = _mm256_fmadd_ps(
-                        bcast_f16(m, scale_index(nb, o, b)),
-                        _mm256_loadu_ps(x.s.as_ptr().add(at)),
-                        offset,
-                    );
-                }
-            }
-            QuantMatrix::Q8 { d, .. } => {
-                for b in 0..nb {
-                    let xb = x.qs.as_ptr().add((g * nb + b) * ROWS * BLOCK);
-                    let mut isum = _mm256_setzero_si256();
-                    for c in 0..8 {
-                        let wc = _mm256_set1_epi32(
-                            (wp.add(b * BLOCK + c * 4) as *const i32).read_unaligned(),
-                        );
-                        let xv = _mm256_loadu_si256(xb.add(c * ROWS * 4) as *const __m256i);
-                        // maddubs multiplies unsigned by signed: move w's sign onto x.
-                        let p = _mm256_maddubs_epi16(
-                            _mm256_sign_epi8(wc, wc),
-                            _mm256_sign_epi8(xv, wc),
-                        );
-                        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, ones));
-                    }
-                    let at = (g * nb + b) * ROWS;
-                    let scale = _mm256_mul_ps(
-                        bcast_f16(d, scale_index(nb, o, b)),
-                        _mm256_loadu_ps(x.d.as_ptr().add(at)),
-                    );
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc);
-                }
-            }
+        for i in 0..R {
+            _mm256_storeu_ps(out[i].as_mut_ptr(), _mm256_add_ps(acc[i], offset[i]));
         }
-        _mm256_storeu_ps(res.as_mut_ptr(), _mm256_add_ps(acc, offset));
-    }
-
-    /// [`rows8`] for Q4 weight rows `o` and `o + 1` at once: each activation vector is loaded
-    /// once for both. Per lane the operations are `rows8`'s, in the same order.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn rows8x2(
-        w: &QuantMatrix,
-        x: &QuantActs,
-        o: usize,
-        g: usize,
-        wq: [&[u8]; 2],
-        res: [&mut [f32; ROWS]; 2],
-    ) {
-        let nb = x.k / BLOCK;
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let mut offset = [_mm256_setzero_ps(); 2];
-        let wp = [wq[0].as_ptr(), wq[1].as_ptr()];
-        let chunk = |r: usize, b: usize, c: usize| {
-            _mm256_set1_epi32((wp[r].add(b * BLOCK + c * 4) as *const i32).read_unaligned())
-        };
-        match w {
-            QuantMatrix::Q4 { d, m, .. } => {
-                for b in 0..nb {
-                    let xb = x.qs.as_ptr().add((g * nb + b) * ROWS * BLOCK);
-                    let mut s16 = [_mm256_setzero_si256(); 2];
-                    for c in 0..8 {
-                        let xv = _mm256_loadu_si256(xb.add(c * ROWS * 4) as *const __m256i);
-                        for r in 0..2 {
-                            s16[r] =
-                                _mm256_add_epi16(s16[r], _mm256_maddubs_epi16(chunk(r, b, c), xv));
-                        }
-                    }
-                    let at = (g * nb + b) * ROWS;
-                    let xd = _mm256_loadu_ps(x.d.as_ptr().add(at));
-                    let xs = _mm256_loadu_ps(x.s.as_ptr().add(at));
-                    for r in 0..2 {
-                        let isum = _mm256_madd_epi16(s16[r], ones);
-                        let scale = _mm256_mul_ps(bcast_f16(d, scale_index(nb, o + r, b)), xd);
-                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[r]);
-                        offset[r] =
-                            _mm256_fmadd_ps(bcast_f16(m, scale_index(nb, o + r, b)), xs, offset[r]);
-                    }
-                }
-            }
-            QuantMatrix::Q8 { .. } => {
-                // Pairing measured 40% slower on Q8 (the LM head): one row at a time.
-                let [r0, r1] = res;
-                rows8(w, x, o, g, wq[0], r0);
-                rows8(w, x, o + 1, g, wq[1], r1);
-                return;
-            }
-        }
-        let [r0, r1] = res;
-        _mm256_storeu_ps(r0.as_mut_ptr(), _mm256_add_ps(acc[0], offset[0]));
-        _mm256_storeu_ps(r1.as_mut_ptr(), _mm256_add_ps(acc[1], offset[1]));
     }
 }
 
@@ -545,7 +383,7 @@ mod tests {
 
     #[test]
     fn results_do_not_depend_on_how_many_rows_share_the_call() {
-        // n = 100: the last tile of eight rows is part padding.
+        // n = 100: the last tile of eight rows is part padding. m = 11: chunks of 4, 4 and 3.
         let (n, m) = (100, 11);
         for (k, w) in [192, 576].into_iter().flat_map(|k| {
             [
@@ -558,34 +396,50 @@ mod tests {
             x.quantize(&raw, m, k);
             let mut all = vec![0f32; m * n];
             matmul(&w, &x, &mut all);
-            // A few rows (the per-row kernel) against the same rows of the many-row call.
-            let few = 3.min(FEW_ROWS);
-            let mut x3 = QuantActs::default();
-            x3.quantize(&raw[..few * k], few, k);
-            let mut out3 = vec![0f32; few * n];
-            matmul(&w, &x3, &mut out3);
-            assert_eq!(&out3[..], &all[..few * n], "{few} rows");
-            for r in 0..m {
-                let mut one = QuantActs::default();
-                one.quantize(&raw[r * k..(r + 1) * k], 1, k);
-                let mut out = vec![0f32; n];
-                matmul(&w, &one, &mut out);
-                assert_eq!(&out[..], &all[r * n..(r + 1) * n], "row {r}");
+            // Every chunk size, at every offset into the rows.
+            for rows in 1..=CHUNK + 1 {
+                for r0 in [0, 1, m - rows] {
+                    let mut part = QuantActs::default();
+                    part.quantize(&raw[r0 * k..(r0 + rows) * k], rows, k);
+                    let mut out = vec![0f32; rows * n];
+                    matmul(&w, &part, &mut out);
+                    assert_eq!(
+                        &out[..],
+                        &all[r0 * n..(r0 + rows) * n],
+                        "{rows} rows from {r0}"
+                    );
+                }
             }
-            // And against the portable kernel's arithmetic order, row by row.
-            let mut scalar = [0f32; ROWS];
-            let mut buf = vec![0u8; k];
-            let wq = unpack_row(&w, 7, &mut buf);
-            rows8_scalar(&w, &x, 7, 1, wq, &mut scalar);
-            for lane in 0..ROWS.min(m - ROWS) {
-                let a = all[(ROWS + lane) * n + 7];
-                assert!(
-                    (scalar[lane] - a).abs() <= 1e-4 * a.abs().max(1.0),
-                    "{} vs {a}",
-                    scalar[lane]
-                );
+            // The portable kernel sums in another order (no fused multiply-add): close, not
+            // equal.
+            let mut portable = [[0f32; TILE]; CHUNK];
+            tile_portable(&w, &x, 8, 3, 96, &mut portable);
+            for (i, res) in portable.iter().enumerate().take(3) {
+                for (lane, &v) in res.iter().enumerate().take(n - 96) {
+                    let a = all[(8 + i) * n + 96 + lane];
+                    assert!((v - a).abs() <= 1e-4 * a.abs().max(1.0), "{v} vs {a}");
+                }
             }
         }
+    }
+
+    #[test]
+    fn tiled_layout_round_trips_row_major_codes() {
+        let (n, k) = (13, 64);
+        let codes: Vec<u8> = (0..n * k / 2).map(|i| (i * 31 % 256) as u8).collect();
+        let d = vec![f16::ONE; n * k / BLOCK];
+        let w = QuantMatrix::q4(n, k, codes.clone(), &d, &d);
+        let back: Vec<u8> = (0..n)
+            .flat_map(|o| (0..k / BLOCK).map(move |b| (o, b)))
+            .flat_map(|(o, b)| w.block_codes(o, b).collect::<Vec<_>>())
+            .collect();
+        assert_eq!(back, codes);
+        let stacked = QuantMatrix::stack(&[w.clone(), w]).unwrap();
+        assert_eq!(stacked.dims(), (2 * n, k));
+        assert_eq!(
+            stacked.block_codes(n + 5, 1).collect::<Vec<_>>(),
+            codes[(5 * 2 + 1) * 16..][..16]
+        );
     }
 
     #[test]

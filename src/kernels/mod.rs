@@ -15,7 +15,7 @@ pub(crate) mod simd;
 pub use arena::{pack, Store, StoreMut};
 pub use attention::causal_attention;
 pub use matmul::{matmul, matmul_reference};
-pub use quant::{QuantActs, QuantMatrix, BLOCK, FEW_ROWS, ROWS};
+pub use quant::{QuantActs, QuantMatrix, BLOCK};
 
 /// The thread pool the kernels run on: rayon's default size (`RAYON_NUM_THREADS`, else one
 /// thread per core). A forward runs inside it ([`rayon::ThreadPool::install`]), so the calling

@@ -11,8 +11,8 @@ use super::simd::{amax8, multiversion};
 /// Values per block.
 pub const BLOCK: usize = 32;
 
-/// Weight rows whose scales are stored side by side: one 16-byte load gives a block's scale for
-/// eight rows, which is what the one-row kernel multiplies eight rows' sums by at once.
+/// Weight rows stored together: a tile's codes for one block are read as whole vectors (four
+/// rows of eight bytes each), and its scales for one block as one vector of eight.
 pub const TILE: usize = 8;
 
 /// Where the scale of (row o, block b) lives: `[o / TILE][b][o % TILE]`.
@@ -21,16 +21,33 @@ pub fn scale_index(nb: usize, o: usize, b: usize) -> usize {
     ((o / TILE) * nb + b) * TILE + o % TILE
 }
 
-/// An (n, k) weight matrix, row-major in blocks of 32 along k. Codes are stored for n rounded
-/// up to whole [`TILE`]s (the extra rows are zero codes with zero scales, so kernels can read
-/// whole tiles); scales stay f16, as in GGUF, and are laid out by [`scale_index`].
+/// Where code byte `j` of block `b` of row `o` lives, for `bytes` code bytes per block (16 for
+/// Q4, 32 for Q8): `[o / TILE][b][group][j / 8][slot][j % 8]`.
+///
+/// A tile's block is a run of 32-byte vectors, each holding eight consecutive bytes of four
+/// rows: group 0 is the tile's even rows, group 1 its odd rows. Multiplying such a vector by
+/// eight activation bytes broadcast four times gives each row's sums in its own 64-bit lane;
+/// folding each lane to 32 bits and interleaving the two groups then lands row r of the tile in
+/// 32-bit lane r, with shifts and a blend (`hadd` would do it too, at several times the cost of
+/// a multiply on Zen 3).
+#[inline(always)]
+pub fn code_index(nb: usize, bytes: usize, o: usize, b: usize, j: usize) -> usize {
+    let r = o % TILE;
+    let (group, slot) = (r % 2, r / 2);
+    ((o / TILE) * nb + b) * TILE * bytes + (group * bytes / 8 + j / 8) * 32 + slot * 8 + j % 8
+}
+
+/// An (n, k) weight matrix in blocks of 32 along k, stored by tiles of [`TILE`] rows (codes by
+/// [`code_index`], scales by [`scale_index`]). n is rounded up to whole tiles; the extra rows
+/// are zero codes with zero scales, so kernels can read whole tiles. Scales stay f16, as in
+/// GGUF.
 #[derive(Debug, Clone)]
 pub enum QuantMatrix {
     Q4 {
         n: usize,
         k: usize,
-        /// k / 2 bytes per row; in each block of 16 bytes, value j is the low nibble of byte j
-        /// and value j + 16 its high nibble (GGUF's order).
+        /// 16 bytes per row and block; value j of a block is the low nibble of byte j and value
+        /// j + 16 its high nibble (GGUF's order).
         qs: Store<u8>,
         d: Store<f16>,
         m: Store<f16>,
@@ -55,31 +72,40 @@ fn tiled(n: usize, nb: usize, linear: &[f16]) -> Vec<f16> {
     out
 }
 
+/// Row-major codes (`bytes` per row and block) in [`code_index`] order, zero-padded.
+fn tiled_codes<T: Copy + Default>(n: usize, nb: usize, bytes: usize, linear: &[T]) -> Vec<T> {
+    assert_eq!(linear.len(), n * nb * bytes, "code bytes");
+    let mut out = vec![T::default(); n.div_ceil(TILE) * TILE * nb * bytes];
+    for (i, &v) in linear.iter().enumerate() {
+        let (o, b, j) = (i / (nb * bytes), (i / bytes) % nb, i % bytes);
+        out[code_index(nb, bytes, o, b, j)] = v;
+    }
+    out
+}
+
 impl QuantMatrix {
     /// From row-major codes (k / 2 bytes per row) and one scale and offset per block.
-    pub fn q4(n: usize, k: usize, mut qs: Vec<u8>, d: &[f16], m: &[f16]) -> Self {
+    pub fn q4(n: usize, k: usize, qs: Vec<u8>, d: &[f16], m: &[f16]) -> Self {
         assert_eq!(k % BLOCK, 0, "k must be a multiple of {BLOCK}");
         assert_eq!(qs.len(), n * k / 2, "Q4 code bytes");
-        qs.resize(n.div_ceil(TILE) * TILE * k / 2, 0);
         let nb = k / BLOCK;
         QuantMatrix::Q4 {
             n,
             k,
-            qs: qs.into(),
+            qs: tiled_codes(n, nb, 16, &qs).into(),
             d: tiled(n, nb, d).into(),
             m: tiled(n, nb, m).into(),
         }
     }
 
     /// From row-major codes (k per row) and one scale per block.
-    pub fn q8(n: usize, k: usize, mut qs: Vec<i8>, d: &[f16]) -> Self {
+    pub fn q8(n: usize, k: usize, qs: Vec<i8>, d: &[f16]) -> Self {
         assert_eq!(k % BLOCK, 0, "k must be a multiple of {BLOCK}");
         assert_eq!(qs.len(), n * k, "Q8 codes");
-        qs.resize(n.div_ceil(TILE) * TILE * k, 0);
         QuantMatrix::Q8 {
             n,
             k,
-            qs: qs.into(),
+            qs: tiled_codes(n, k / BLOCK, BLOCK, &qs).into(),
             d: tiled(n, k / BLOCK, d).into(),
         }
     }
@@ -142,12 +168,7 @@ impl QuantMatrix {
             return None;
         }
         if parts.iter().all(|p| matches!(p, QuantMatrix::Q4 { .. })) {
-            let mut qs = Vec::with_capacity(n * k / 2);
-            for p in parts {
-                if let QuantMatrix::Q4 { n, qs: c, .. } = p {
-                    qs.extend_from_slice(&c[..n * k / 2]);
-                }
-            }
+            let qs = parts.iter().flat_map(|p| p.row_major_codes()).collect();
             let (d, m) = (
                 scales(&|p, o, b| p.scale(o, b)),
                 scales(&|p, o, b| p.offset(o, b)),
@@ -155,15 +176,36 @@ impl QuantMatrix {
             return Some(QuantMatrix::q4(n, k, qs, &d, &m));
         }
         if parts.iter().all(|p| matches!(p, QuantMatrix::Q8 { .. })) {
-            let mut qs = Vec::with_capacity(n * k);
-            for p in parts {
-                if let QuantMatrix::Q8 { n, qs: c, .. } = p {
-                    qs.extend_from_slice(&c[..n * k]);
-                }
-            }
+            let qs = parts
+                .iter()
+                .flat_map(|p| p.row_major_codes())
+                .map(|q| q as i8)
+                .collect();
             return Some(QuantMatrix::q8(n, k, qs, &scales(&|p, o, b| p.scale(o, b))));
         }
         None
+    }
+
+    /// Code bytes of block b of row o, in GGUF's order (16 for Q4, 32 for Q8).
+    pub fn block_codes(&self, o: usize, b: usize) -> impl Iterator<Item = u8> + '_ {
+        let nb = self.dims().1 / BLOCK;
+        let bytes = match self {
+            QuantMatrix::Q4 { .. } => 16,
+            QuantMatrix::Q8 { .. } => BLOCK,
+        };
+        (0..bytes).map(move |j| {
+            let at = code_index(nb, bytes, o, b, j);
+            match self {
+                QuantMatrix::Q4 { qs, .. } => qs[at],
+                QuantMatrix::Q8 { qs, .. } => qs[at] as u8,
+            }
+        })
+    }
+
+    /// All code bytes in row-major order, without the padding rows.
+    fn row_major_codes(&self) -> impl Iterator<Item = u8> + '_ {
+        let (n, k) = self.dims();
+        (0..n).flat_map(move |o| (0..k / BLOCK).flat_map(move |b| self.block_codes(o, b)))
     }
 
     /// From raw GGUF Q4_1 blocks (f16 d, f16 m, 16 bytes of codes).
@@ -243,24 +285,17 @@ impl QuantMatrix {
         let mut out = Vec::with_capacity(rows.len() * k);
         for &o in rows {
             let o = o as usize;
-            match self {
-                QuantMatrix::Q4 { qs, .. } => {
-                    for b in 0..nb {
-                        let (d, m) = (self.scale(o, b), self.offset(o, b));
-                        let bytes = &qs[(o * nb + b) * 16..][..16];
+            for b in 0..nb {
+                let (d, m) = (self.scale(o, b), self.offset(o, b));
+                match self {
+                    QuantMatrix::Q4 { .. } => {
+                        let bytes: Vec<u8> = self.block_codes(o, b).collect();
                         let lo = bytes.iter().map(|&q| d * (q & 0x0F) as f32 + m);
                         let hi = bytes.iter().map(|&q| d * (q >> 4) as f32 + m);
                         out.extend(lo.chain(hi));
                     }
-                }
-                QuantMatrix::Q8 { qs, .. } => {
-                    for b in 0..nb {
-                        let d = self.scale(o, b);
-                        out.extend(
-                            qs[(o * nb + b) * BLOCK..][..BLOCK]
-                                .iter()
-                                .map(|&q| q as f32 * d),
-                        );
+                    QuantMatrix::Q8 { .. } => {
+                        out.extend(self.block_codes(o, b).map(|q| q as i8 as f32 * d));
                     }
                 }
             }
@@ -275,55 +310,40 @@ impl QuantMatrix {
     }
 }
 
-/// Activation rows are processed in groups of this many, one per vector lane.
-pub const ROWS: usize = 8;
-
 multiversion! {
-    /// Quantizes rows `x` (m, k) into the interleaved layout of [`QuantActs`].
-    fn quantize_rows(x: &[f32], k: usize, qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
-        let nb = k / BLOCK;
-        for (r, row) in x.chunks_exact(k).enumerate() {
-            let (g, lane) = (r / ROWS, r % ROWS);
-            for (b, block) in row.chunks_exact(BLOCK).enumerate() {
-                let scale = amax8(block) / 127.0;
-                let inv = if scale == 0.0 { 0.0 } else { 1.0 / scale };
-                let mut sum = 0i32;
-                let base = (g * nb + b) * ROWS * BLOCK;
-                for (j, v) in block.iter().enumerate() {
-                    let q = (v * inv).round() as i8;
-                    sum += q as i32;
-                    qs[base + (j / 4) * ROWS * 4 + lane * 4 + j % 4] = q;
-                }
-                d[(g * nb + b) * ROWS + lane] = scale;
-                s[(g * nb + b) * ROWS + lane] = scale * sum as f32;
+    /// Quantizes rows `x` (m, k): codes, scales and scaled code sums, row-major per block.
+    fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+        for (((block, codes), d), s) in x
+            .chunks_exact(BLOCK)
+            .zip(qs.chunks_exact_mut(BLOCK))
+            .zip(d.iter_mut())
+            .zip(s.iter_mut())
+        {
+            let scale = amax8(block) / 127.0;
+            let inv = if scale == 0.0 { 0.0 } else { 1.0 / scale };
+            let mut sum = 0i32;
+            for (q, v) in codes.iter_mut().zip(block) {
+                *q = (v * inv).round() as i8;
+                sum += *q as i32;
             }
+            *d = scale;
+            *s = scale * sum as f32;
         }
     }
 }
 
 /// m rows of activations quantized to int8 per 32 values, for a matmul with a (n, k) weight.
-///
-/// Rows are interleaved in groups of [`ROWS`] so that one 32-byte vector holds the same four
-/// consecutive values of eight rows: a weight chunk broadcast against it gives all eight rows'
-/// partial dot products at once. Rows past `m` in the last group are zero.
 #[derive(Debug, Clone, Default)]
 pub struct QuantActs {
     pub m: usize,
     pub k: usize,
-    /// [group][block][chunk of 4 values][row in group][4 codes]
+    /// Codes, row-major (m, k).
     pub qs: Vec<i8>,
-    /// Scale per (group, block, row in group).
+    /// Scale per (row, block).
     pub d: Vec<f32>,
-    /// `d * sum(codes)` per (group, block, row): what multiplies a Q4 block's offset.
+    /// `d * sum(codes)` per (row, block): what multiplies a Q4 block's offset.
     pub s: Vec<f32>,
-    /// When m <= [`FEW_ROWS`]: each row's codes in natural order, for the per-row kernel.
-    pub rows: Vec<i8>,
 }
-
-/// Up to this many activation rows, a matmul runs the one-row kernel per row over each tile of
-/// weights (loaded from memory once, then from L1) instead of the eight-lane kernel, whose cost
-/// is that of eight rows however few are used.
-pub const FEW_ROWS: usize = 4;
 
 impl QuantActs {
     /// Quantizes `x` (m, k) in place of the previous contents (buffers are reused).
@@ -332,42 +352,24 @@ impl QuantActs {
         assert_eq!(k % BLOCK, 0, "k must be a multiple of {BLOCK}");
         self.m = m;
         self.k = k;
-        let groups = m.div_ceil(ROWS);
-        self.qs.clear();
-        self.qs.resize(groups * ROWS * k, 0);
-        self.d.clear();
-        self.d.resize(groups * ROWS * k / BLOCK, 0.0);
-        self.s.clear();
-        self.s.resize(groups * ROWS * k / BLOCK, 0.0);
-        quantize_rows(x, k, &mut self.qs, &mut self.d, &mut self.s);
-        let mut rows = std::mem::take(&mut self.rows);
-        rows.clear();
-        if m <= FEW_ROWS {
-            rows.extend((0..m * k).map(|i| self.code(i / k, i % k)));
-        }
-        self.rows = rows;
-    }
-
-    pub fn groups(&self) -> usize {
-        self.m.div_ceil(ROWS)
+        self.qs.resize(m * k, 0);
+        self.d.resize(m * k / BLOCK, 0.0);
+        self.s.resize(m * k / BLOCK, 0.0);
+        quantize_rows(x, &mut self.qs, &mut self.d, &mut self.s);
     }
 
     /// Code of value `j` of row `r`.
     pub fn code(&self, r: usize, j: usize) -> i8 {
-        let nb = self.k / BLOCK;
-        let (g, lane, b, jj) = (r / ROWS, r % ROWS, j / BLOCK, j % BLOCK);
-        self.qs[(g * nb + b) * ROWS * BLOCK + (jj / 4) * ROWS * 4 + lane * 4 + jj % 4]
+        self.qs[r * self.k + j]
     }
 
     /// Scale of block `b` of row `r`.
     pub fn scale(&self, r: usize, b: usize) -> f32 {
-        let nb = self.k / BLOCK;
-        self.d[((r / ROWS) * nb + b) * ROWS + r % ROWS]
+        self.d[r * self.k / BLOCK + b]
     }
 
     /// `scale * sum(codes)` of block `b` of row `r`.
     pub fn scaled_sum(&self, r: usize, b: usize) -> f32 {
-        let nb = self.k / BLOCK;
-        self.s[((r / ROWS) * nb + b) * ROWS + r % ROWS]
+        self.s[r * self.k / BLOCK + b]
     }
 }
