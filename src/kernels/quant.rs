@@ -76,9 +76,27 @@ fn tiled(n: usize, nb: usize, linear: &[f16]) -> Vec<f16> {
 fn tiled_codes<T: Copy + Default>(n: usize, nb: usize, bytes: usize, linear: &[T]) -> Vec<T> {
     assert_eq!(linear.len(), n * nb * bytes, "code bytes");
     let mut out = vec![T::default(); n.div_ceil(TILE) * TILE * nb * bytes];
-    for (i, &v) in linear.iter().enumerate() {
-        let (o, b, j) = (i / (nb * bytes), (i / bytes) % nb, i % bytes);
-        out[code_index(nb, bytes, o, b, j)] = v;
+    for (o, row) in linear.chunks_exact(nb * bytes).enumerate() {
+        for (b, block) in row.chunks_exact(bytes).enumerate() {
+            for (c, chunk) in block.chunks_exact(8).enumerate() {
+                let at = code_index(nb, bytes, o, b, c * 8);
+                out[at..at + 8].copy_from_slice(chunk);
+            }
+        }
+    }
+    out
+}
+
+/// The inverse of [`tiled_codes`]: the first n rows' codes, row-major.
+fn untiled_codes<T: Copy + Default>(n: usize, nb: usize, bytes: usize, tiled: &[T]) -> Vec<T> {
+    let mut out = vec![T::default(); n * nb * bytes];
+    for (o, row) in out.chunks_exact_mut(nb * bytes).enumerate() {
+        for (b, block) in row.chunks_exact_mut(bytes).enumerate() {
+            for (c, chunk) in block.chunks_exact_mut(8).enumerate() {
+                let at = code_index(nb, bytes, o, b, c * 8);
+                chunk.copy_from_slice(&tiled[at..at + 8]);
+            }
+        }
     }
     out
 }
@@ -168,7 +186,12 @@ impl QuantMatrix {
             return None;
         }
         if parts.iter().all(|p| matches!(p, QuantMatrix::Q4 { .. })) {
-            let qs = parts.iter().flat_map(|p| p.row_major_codes()).collect();
+            let mut qs = Vec::with_capacity(n * k / 2);
+            for p in parts {
+                if let QuantMatrix::Q4 { n, qs: c, .. } = p {
+                    qs.extend(untiled_codes(*n, nb, 16, c));
+                }
+            }
             let (d, m) = (
                 scales(&|p, o, b| p.scale(o, b)),
                 scales(&|p, o, b| p.offset(o, b)),
@@ -176,11 +199,12 @@ impl QuantMatrix {
             return Some(QuantMatrix::q4(n, k, qs, &d, &m));
         }
         if parts.iter().all(|p| matches!(p, QuantMatrix::Q8 { .. })) {
-            let qs = parts
-                .iter()
-                .flat_map(|p| p.row_major_codes())
-                .map(|q| q as i8)
-                .collect();
+            let mut qs = Vec::with_capacity(n * k);
+            for p in parts {
+                if let QuantMatrix::Q8 { n, qs: c, .. } = p {
+                    qs.extend(untiled_codes(*n, nb, BLOCK, c));
+                }
+            }
             return Some(QuantMatrix::q8(n, k, qs, &scales(&|p, o, b| p.scale(o, b))));
         }
         None
@@ -200,12 +224,6 @@ impl QuantMatrix {
                 QuantMatrix::Q8 { qs, .. } => qs[at] as u8,
             }
         })
-    }
-
-    /// All code bytes in row-major order, without the padding rows.
-    fn row_major_codes(&self) -> impl Iterator<Item = u8> + '_ {
-        let (n, k) = self.dims();
-        (0..n).flat_map(move |o| (0..k / BLOCK).flat_map(move |b| self.block_codes(o, b)))
     }
 
     /// From raw GGUF Q4_1 blocks (f16 d, f16 m, 16 bytes of codes).
