@@ -57,7 +57,10 @@ fn matmul_rows(c: &mut Criterion) {
 /// One thread on weights that fit in L1 (64 rows of 576): the kernel's arithmetic throughput
 /// alone, without memory or scheduling. Elements are multiply-adds.
 fn matmul_in_cache(c: &mut Criterion) {
-    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
     let (n, k) = (64, 576);
     for (name, q4) in [("q4", true), ("q8", false)] {
         let w = weights(n, k, q4);
@@ -83,22 +86,27 @@ fn quantize(c: &mut Criterion) {
 }
 
 fn attention(c: &mut Criterion) {
-    let (nh, nkv, hd, cap, offset) = (9, 3, 64, 512, 256);
-    let k: Vec<half::f16> = (0..nkv * cap * hd)
-        .map(|i| half::f16::from_f32(((i % 29) as f32 - 14.0) / 14.0))
-        .collect();
-    let v = k.clone();
-    let mut group = c.benchmark_group("attention/cache256");
-    group.sample_size(30);
-    for m in [1, 8, 16] {
-        let q: Vec<f32> = (0..nh * m * hd)
-            .map(|i| ((i % 31) as f32 - 15.0) / 15.0)
+    let (nh, nkv, hd) = (9, 3, 64);
+    for (offset, sizes) in [(256, &[1, 8, 16][..]), (1536, &[1, 8][..])] {
+        let cap = offset + 256;
+        let k: Vec<half::f16> = (0..nkv * cap * hd)
+            .map(|i| half::f16::from_f32(((i % 29) as f32 - 14.0) / 14.0))
             .collect();
-        group.bench_with_input(BenchmarkId::from_parameter(m), &m, |b, &m| {
-            b.iter(|| fixpoint::kernels::causal_attention(&q, &k, &v, nh, nkv, m, hd, cap, offset))
-        });
+        let v = k.clone();
+        let mut group = c.benchmark_group(format!("attention/cache{offset}"));
+        group.sample_size(30);
+        for &m in sizes {
+            let q: Vec<f32> = (0..nh * m * hd)
+                .map(|i| ((i % 31) as f32 - 15.0) / 15.0)
+                .collect();
+            group.bench_with_input(BenchmarkId::from_parameter(m), &m, |b, &m| {
+                b.iter(|| {
+                    fixpoint::kernels::causal_attention(&q, &k, &v, nh, nkv, m, hd, cap, offset)
+                })
+            });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 criterion_group!(benches, matmul_rows, matmul_in_cache, quantize, attention);

@@ -57,18 +57,17 @@ pub fn causal_attention<T: CacheValue>(
     offset: usize,
 ) -> Vec<f32> {
     use rayon::prelude::*;
+    #[cfg(target_arch = "x86_64")]
+    if hd % 64 == 0 && crate::kernels::simd::has_avx2() {
+        // SAFETY: AVX2, FMA and F16C were detected; hd is a multiple of 64.
+        return unsafe { avx2::attention(q, k, v, heads, kv_heads, m, hd, capacity, offset) };
+    }
     // Each head into its own (m, hd) slab; heads are independent, so they run in parallel when
     // there is enough work. Each (head, row) is computed by the same code either way.
     let mut per_head = vec![0f32; heads * m * hd];
     let rep = heads / kv_heads;
     let one = |(h, slab): (usize, &mut [f32])| {
         let mut scores = vec![0f32; offset + m];
-        #[cfg(target_arch = "x86_64")]
-        if hd % 64 == 0 && crate::kernels::simd::has_avx2() {
-            // SAFETY: AVX2 and FMA were detected; hd is a multiple of 64.
-            unsafe { avx2::head(q, k, v, h, rep, m, hd, capacity, offset, &mut scores, slab) };
-            return;
-        }
         // The portable path widens the head's cache once per call (the vector path reads it
         // as stored).
         let base = (h / rep) * capacity * hd;
@@ -145,16 +144,29 @@ multiversion! {
     }
 }
 
-/// The same attention with explicit vectors for head sizes that are multiples of 64: scores of
-/// four keys at a time (one vector chain per key, folded together at the end), and the value
-/// sum kept in registers, 64 columns at a time, scaled by 1 / sum once at the end. A query's
-/// result is still computed by the same instructions whatever m is.
+/// The same attention with explicit vectors for head sizes that are multiples of 64. The query
+/// heads that share a KV head (grouped-query attention) are computed together, up to
+/// [`avx2::GROUP`] at a time, so each key and value is loaded and widened from f16 once for all
+/// of them. Per query, every score is its own chain of multiply-adds over the head dimension,
+/// folded in a fixed order, and every output column its own chain over the keys in order, so a
+/// query's result does not depend on which queries, or how many rows, share the call.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
+    use rayon::prelude::*;
+
     use super::CacheValue;
     use crate::kernels::simd::{exp_neg, sum8};
+
+    /// Query heads computed together against one KV head.
+    pub const GROUP: usize = 4;
+
+    /// Output rows are written by exactly one task each.
+    #[derive(Clone, Copy)]
+    struct OutPtr(*mut f32);
+    unsafe impl Send for OutPtr {}
+    unsafe impl Sync for OutPtr {}
 
     /// The sums of four vectors' lanes, as a vector of four.
     #[inline]
@@ -164,72 +176,135 @@ mod avx2 {
         _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1))
     }
 
-    /// Dot product of `q` and `k` (hd floats, hd a multiple of 8), folded like [`sum4`].
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot<T: CacheValue>(q: *const f32, k: *const T, hd: usize) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        for c in (0..hd).step_by(8) {
-            acc = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(c)), T::load8(k.add(c)), acc);
-        }
-        let z = _mm256_setzero_ps();
-        _mm_cvtss_f32(sum4([acc, z, z, z]))
-    }
-
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn head<T: CacheValue>(
+    pub unsafe fn attention<T: CacheValue>(
         q: &[f32],
         k: &[T],
         v: &[T],
-        h: usize,
-        rep: usize,
+        heads: usize,
+        kv_heads: usize,
         m: usize,
         hd: usize,
         capacity: usize,
         offset: usize,
-        scores: &mut [f32],
-        out: &mut [f32],
+    ) -> Vec<f32> {
+        let rep = heads / kv_heads;
+        let mut out = vec![0f32; m * heads * hd];
+        let ptr = OutPtr(out.as_mut_ptr());
+        // Smaller groups where there would be too few tasks to keep every thread busy (one
+        // token: one task per KV head).
+        let threads = rayon::current_num_threads();
+        let size = (m * heads / (2 * threads)).clamp(1, GROUP);
+        // Tasks: (row, first query head, query heads), each within one KV head's group.
+        let tasks: Vec<(usize, usize, usize)> = (0..m)
+            .flat_map(|i| {
+                (0..kv_heads).flat_map(move |g| {
+                    (0..rep)
+                        .step_by(size)
+                        .map(move |h0| (i, g * rep + h0, (rep - h0).min(size)))
+                })
+            })
+            .collect();
+        let run = |&(i, h0, n): &(usize, usize, usize)| {
+            let ptr = ptr;
+            let (kv, len) = (h0 / rep * capacity * hd, offset + i + 1);
+            let (kp, vp) = (k.as_ptr().add(kv), v.as_ptr().add(kv));
+            let qp = |h: usize| q.as_ptr().add((h * m + i) * hd);
+            let op = ptr.0.add((i * heads + h0) * hd);
+            match n {
+                1 => group::<T, 1>(std::array::from_fn(|t| qp(h0 + t)), kp, vp, hd, len, op),
+                2 => group::<T, 2>(std::array::from_fn(|t| qp(h0 + t)), kp, vp, hd, len, op),
+                3 => group::<T, 3>(std::array::from_fn(|t| qp(h0 + t)), kp, vp, hd, len, op),
+                _ => group::<T, GROUP>(std::array::from_fn(|t| qp(h0 + t)), kp, vp, hd, len, op),
+            }
+        };
+        if m * (offset + m) * heads <= 1 << 11 {
+            tasks.iter().for_each(run);
+        } else {
+            tasks.par_iter().for_each(run);
+        }
+        out
+    }
+
+    /// Queries `q` (N heads of one row, hd each) over keys and values `0..len` of their KV
+    /// head; the N outputs go to `out` side by side.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn group<T: CacheValue, const N: usize>(
+        q: [*const f32; N],
+        kp: *const T,
+        vp: *const T,
+        hd: usize,
+        len: usize,
+        out: *mut f32,
     ) {
-        let base = (h / rep) * capacity * hd;
         let scale = 1.0 / (hd as f32).sqrt();
-        let (kp, vp) = (k.as_ptr().add(base), v.as_ptr().add(base));
-        for i in 0..m {
-            let len = offset + i + 1;
-            let qp = q.as_ptr().add((h * m + i) * hd);
-            let scores = &mut scores[..len];
-            let quads = len / 4 * 4;
-            for j in (0..quads).step_by(4) {
-                let mut acc = [_mm256_setzero_ps(); 4];
+        let mut scores = vec![0f32; N * len];
+        let quads = len / 4 * 4;
+        // Scores, four keys at a time. Each key's chain is the same whatever the grouping, so
+        // the keys are split into passes that keep about eight chains in flight: enough to
+        // hide the multiply-add latency, few enough to stay in registers.
+        let keys = if N <= 2 { 4 } else { 2 };
+        for j in (0..quads).step_by(4) {
+            let mut acc = [[_mm256_setzero_ps(); 4]; N];
+            for first in (0..4).step_by(keys) {
                 for c in (0..hd).step_by(8) {
-                    let qv = _mm256_loadu_ps(qp.add(c));
-                    for (t, a) in acc.iter_mut().enumerate() {
-                        *a = _mm256_fmadd_ps(qv, T::load8(kp.add((j + t) * hd + c)), *a);
+                    let qv = q.map(|q| _mm256_loadu_ps(q.add(c)));
+                    for t in first..first + keys {
+                        let kv = T::load8(kp.add((j + t) * hd + c));
+                        for (a, qv) in acc.iter_mut().zip(&qv) {
+                            a[t] = _mm256_fmadd_ps(*qv, kv, a[t]);
+                        }
                     }
                 }
-                let s = _mm_mul_ps(sum4(acc), _mm_set1_ps(scale));
-                _mm_storeu_ps(scores.as_mut_ptr().add(j), s);
             }
-            for j in quads..len {
-                scores[j] = dot(qp, kp.add(j * hd), hd) * scale;
+            for (n, a) in acc.iter().enumerate() {
+                let s = _mm_mul_ps(sum4(*a), _mm_set1_ps(scale));
+                _mm_storeu_ps(scores.as_mut_ptr().add(n * len + j), s);
             }
-            let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            for s in scores.iter_mut() {
+        }
+        for j in quads..len {
+            let mut acc = [_mm256_setzero_ps(); N];
+            for c in (0..hd).step_by(8) {
+                let kv = T::load8(kp.add(j * hd + c));
+                for (a, q) in acc.iter_mut().zip(&q) {
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(c)), kv, *a);
+                }
+            }
+            let z = _mm256_setzero_ps();
+            for (n, a) in acc.iter().enumerate() {
+                scores[n * len + j] = _mm_cvtss_f32(sum4([*a, z, z, z])) * scale;
+            }
+        }
+        let mut inv = [_mm256_setzero_ps(); N];
+        for (n, inv) in inv.iter_mut().enumerate() {
+            let s = &mut scores[n * len..(n + 1) * len];
+            let max = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            for s in s.iter_mut() {
                 *s = exp_neg(*s - max);
             }
-            let inv = _mm256_set1_ps(1.0 / sum8(scores));
-            let o = out.as_mut_ptr().add(i * hd);
-            for col in (0..hd).step_by(64) {
-                let mut acc = [_mm256_setzero_ps(); 8];
-                for (j, &p) in scores.iter().enumerate() {
-                    let p = _mm256_set1_ps(p);
-                    let row = vp.add(j * hd + col);
-                    for (c, a) in acc.iter_mut().enumerate() {
-                        *a = _mm256_fmadd_ps(p, T::load8(row.add(c * 8)), *a);
+            *inv = _mm256_set1_ps(1.0 / sum8(s));
+        }
+        // Values: for all N queries at once, as many columns as keep about eight chains in
+        // flight (64 for one query, 16 for four); each column's chain runs over the keys in
+        // order whatever the width.
+        let vecs = (8 / N).max(2);
+        for col in (0..hd).step_by(vecs * 8) {
+            let mut acc = [[_mm256_setzero_ps(); 8]; N];
+            for j in 0..len {
+                let row = vp.add(j * hd + col);
+                let p: [__m256; N] =
+                    std::array::from_fn(|n| _mm256_set1_ps(*scores.get_unchecked(n * len + j)));
+                for c in 0..vecs {
+                    let vv = T::load8(row.add(c * 8));
+                    for (a, p) in acc.iter_mut().zip(&p) {
+                        a[c] = _mm256_fmadd_ps(*p, vv, a[c]);
                     }
                 }
-                for (c, a) in acc.iter().enumerate() {
-                    _mm256_storeu_ps(o.add(col + c * 8), _mm256_mul_ps(*a, inv));
+            }
+            for (n, a) in acc.iter().enumerate() {
+                for (c, a) in a.iter().enumerate().take(vecs) {
+                    _mm256_storeu_ps(out.add(n * hd + col + c * 8), _mm256_mul_ps(*a, inv[n]));
                 }
             }
         }
