@@ -58,7 +58,7 @@ pub fn causal_attention<T: CacheValue>(
 ) -> Vec<f32> {
     use rayon::prelude::*;
     #[cfg(target_arch = "x86_64")]
-    if hd % 64 == 0 && crate::kernels::simd::has_avx2() {
+    if hd.is_multiple_of(64) && crate::kernels::simd::has_avx2() {
         // SAFETY: AVX2, FMA and F16C were detected; hd is a multiple of 64.
         return unsafe { avx2::attention(q, k, v, heads, kv_heads, m, hd, capacity, offset) };
     }
@@ -207,6 +207,8 @@ mod avx2 {
             })
             .collect();
         let run = |&(i, h0, n): &(usize, usize, usize)| {
+            // Capture the Send wrapper whole, not its raw pointer field.
+            #[allow(clippy::redundant_locals)]
             let ptr = ptr;
             let (kv, len) = (h0 / rep * capacity * hd, offset + i + 1);
             let (kp, vp) = (k.as_ptr().add(kv), v.as_ptr().add(kv));
@@ -315,6 +317,7 @@ mod avx2 {
 mod tests {
     use super::*;
 
+    #[allow(clippy::too_many_arguments)]
     fn naive(
         q: &[f32],
         k: &[f32],

@@ -46,6 +46,8 @@ pub fn matmul(w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
         QuantMatrix::Q8 { .. } => CHUNK_Q8,
     };
     let run = |t: usize| {
+        // Capture the Send wrapper whole, not its raw pointer field.
+        #[allow(clippy::redundant_locals)]
         let ptr = ptr;
         let (start, end) = (t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(n));
         let mut tile = [[0f32; TILE]; CHUNK];
