@@ -328,9 +328,21 @@ impl QuantMatrix {
     }
 }
 
+/// Quantizes rows `x` (m, k): codes, scales and scaled code sums, row-major per block. Each
+/// block: scale = max |v| / 127, code = round(v / scale) (halves away from zero), and the
+/// scale times the code sum.
+fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2() {
+        // SAFETY: AVX2 and FMA were detected.
+        unsafe { avx2::quantize_rows(x, qs, d, s) };
+        return;
+    }
+    quantize_rows_portable(x, qs, d, s);
+}
+
 multiversion! {
-    /// Quantizes rows `x` (m, k): codes, scales and scaled code sums, row-major per block.
-    fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    fn quantize_rows_portable(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
         for (((block, codes), d), s) in x
             .chunks_exact(BLOCK)
             .zip(qs.chunks_exact_mut(BLOCK))
@@ -347,6 +359,100 @@ multiversion! {
             *d = scale;
             *s = scale * sum as f32;
         }
+    }
+}
+
+/// The same quantization with explicit vectors (the compiler's version of the loop above ran at
+/// about 1.7 ns per value): the same maximum, the same products, `round`'s halves-away-from-zero
+/// rebuilt from truncation, so codes and scales are bit-identical to the portable path.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::BLOCK;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+        let blocks = x.len() / BLOCK;
+        assert!(qs.len() >= blocks * BLOCK && d.len() >= blocks && s.len() >= blocks);
+        let sign = _mm256_set1_ps(-0.0);
+        let one = _mm256_set1_ps(1.0);
+        let half = _mm256_set1_ps(0.5);
+        for b in 0..blocks {
+            let p = x.as_ptr().add(b * BLOCK);
+            let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(p.add(i * 8)));
+            let abs = v.map(|v| _mm256_andnot_ps(sign, v));
+            let m = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+            let scale = amax / 127.0;
+            let inv = _mm256_set1_ps(if scale == 0.0 { 0.0 } else { 1.0 / scale });
+            let codes: [__m256i; 4] = std::array::from_fn(|i| {
+                let q = _mm256_mul_ps(v[i], inv);
+                let t = _mm256_round_ps(q, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+                // |q - t| is exact; at a half or more, step one away from zero.
+                let up = _mm256_cmp_ps(
+                    _mm256_andnot_ps(sign, _mm256_sub_ps(q, t)),
+                    half,
+                    _CMP_GE_OQ,
+                );
+                let step = _mm256_or_ps(_mm256_and_ps(q, sign), one);
+                _mm256_cvtps_epi32(_mm256_add_ps(t, _mm256_and_ps(up, step)))
+            });
+            let total = _mm256_add_epi32(
+                _mm256_add_epi32(codes[0], codes[1]),
+                _mm256_add_epi32(codes[2], codes[3]),
+            );
+            let t = _mm_add_epi32(
+                _mm256_castsi256_si128(total),
+                _mm256_extracti128_si256(total, 1),
+            );
+            let t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0b01_00_11_10));
+            let sum = _mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32(t, 0b00_00_00_01)));
+            // i32 -> i16 -> i8 with saturation (as `as i8` does), then undo the packs' lane
+            // interleaving.
+            let packed = _mm256_packs_epi16(
+                _mm256_packs_epi32(codes[0], codes[1]),
+                _mm256_packs_epi32(codes[2], codes[3]),
+            );
+            let ordered =
+                _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256(qs.as_mut_ptr().add(b * BLOCK) as *mut __m256i, ordered);
+            *d.get_unchecked_mut(b) = scale;
+            *s.get_unchecked_mut(b) = scale * sum as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vector_quantization_is_bit_identical_to_the_portable_one() {
+        // Random blocks, a zero block, and blocks whose products land exactly on halves
+        // (max 127 gives scale 1: 2.5 and -3.5 must round away from zero).
+        let mut seed = 7u32;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+        };
+        let mut x: Vec<f32> = (0..BLOCK * 20)
+            .map(|i| rnd() * if i % 37 == 0 { 60.0 } else { 3.0 })
+            .collect();
+        x.extend(std::iter::repeat_n(0.0, BLOCK));
+        x.extend((0..BLOCK).map(|i| [127.0, 2.5, -3.5, 0.5, -0.5, 126.5, -1.5, 0.0][i % 8]));
+        let blocks = x.len() / BLOCK;
+        let (mut q1, mut d1, mut s1) = (vec![0i8; x.len()], vec![0f32; blocks], vec![0f32; blocks]);
+        let (mut q2, mut d2, mut s2) = (q1.clone(), d1.clone(), s1.clone());
+        quantize_rows_portable(&x, &mut q1, &mut d1, &mut s1);
+        quantize_rows(&x, &mut q2, &mut d2, &mut s2);
+        assert_eq!(q1, q2);
+        assert_eq!(d1, d2);
+        assert_eq!(s1, s2);
+        let last = &q1[x.len() - BLOCK..][..8];
+        assert_eq!(last, &[127, 3, -4, 1, -1, 127, -2, 0]);
     }
 }
 
