@@ -373,18 +373,84 @@ multiversion! {
     }
 }
 
+/// `out = silu(gate) * up` for rows laid out as [gate | up].
+fn swiglu(gate_up: &[f32], ff: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::simd::has_avx2() {
+        // SAFETY: AVX2 and FMA were detected.
+        unsafe { swiglu_avx2(gate_up, ff, out) };
+        return;
+    }
+    swiglu_portable(gate_up, ff, out);
+}
+
 multiversion! {
-    /// `out = silu(gate) * up` for rows laid out as [gate | up].
-    fn swiglu(gate_up: &[f32], ff: usize, out: &mut [f32]) {
+    fn swiglu_portable(gate_up: &[f32], ff: usize, out: &mut [f32]) {
         for (row, o) in gate_up.chunks_exact(2 * ff).zip(out.chunks_exact_mut(ff)) {
             let (g, u) = row.split_at(ff);
             for (o, (&g, &u)) in o.iter_mut().zip(g.iter().zip(u)) {
-                // sigmoid(g) from e^-|g| (branch-free, so it vectorizes; libm's expf is a call
-                // per value): 1 / (1 + e) for g >= 0, e / (1 + e) below.
-                let e = exp_neg(-g.abs());
-                let num = if g >= 0.0 { 1.0 } else { e };
-                *o = g * num / (1.0 + e) * u;
+                *o = silu_times(g, u);
             }
         }
+    }
+}
+
+/// `silu(g) * u`, with sigmoid(g) from e^-|g| (libm's expf is a call per value): 1 / (1 + e)
+/// for g >= 0, e / (1 + e) below.
+#[inline(always)]
+fn silu_times(g: f32, u: f32) -> f32 {
+    let e = exp_neg(-g.abs());
+    let num = if g >= 0.0 { 1.0 } else { e };
+    g * num / (1.0 + e) * u
+}
+
+/// [`swiglu_portable`] eight values at a time, bit-identical (the compiler's version of that
+/// loop ran at about 2 ns per value).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn swiglu_avx2(gate_up: &[f32], ff: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let sign = _mm256_set1_ps(-0.0);
+    let one = _mm256_set1_ps(1.0);
+    for (row, o) in gate_up.chunks_exact(2 * ff).zip(out.chunks_exact_mut(ff)) {
+        let (g, u) = row.split_at(ff);
+        let whole = ff / 8 * 8;
+        for c in (0..whole).step_by(8) {
+            let gv = _mm256_loadu_ps(g.as_ptr().add(c));
+            let e = crate::kernels::simd::exp_neg8(_mm256_or_ps(gv, sign));
+            let positive = _mm256_cmp_ps(gv, _mm256_setzero_ps(), _CMP_GE_OQ);
+            let num = _mm256_blendv_ps(e, one, positive);
+            let v = _mm256_div_ps(_mm256_mul_ps(gv, num), _mm256_add_ps(one, e));
+            let v = _mm256_mul_ps(v, _mm256_loadu_ps(u.as_ptr().add(c)));
+            _mm256_storeu_ps(o.as_mut_ptr().add(c), v);
+        }
+        for c in whole..ff {
+            o[c] = silu_times(g[c], u[c]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swiglu_is_the_same_with_and_without_vectors() {
+        // ff = 21: two vectors and a scalar tail per row; gates across the sign and the clamp.
+        let ff = 21;
+        let gate_up: Vec<f32> = (0..3 * 2 * ff)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.9)
+            .chain([0.0, -0.0].into_iter().cycle().take(2 * ff))
+            .collect();
+        let rows = gate_up.len() / (2 * ff);
+        let (mut a, mut b) = (vec![0f32; rows * ff], vec![0f32; rows * ff]);
+        swiglu(&gate_up, ff, &mut a);
+        swiglu_portable(&gate_up, ff, &mut b);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a), bits(&b));
+        // silu(g) * u against the definition.
+        let (g, u) = (gate_up[3], gate_up[ff + 3]);
+        let want = g as f64 / (1.0 + (-g as f64).exp()) * u as f64;
+        assert!((b[3] as f64 - want).abs() <= 1e-5 * want.abs().max(1.0));
     }
 }
