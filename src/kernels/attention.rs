@@ -37,8 +37,7 @@ impl CacheValue for f16 {
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
-        use std::arch::x86_64::*;
-        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+        crate::kernels::simd::load_f16x8(p)
     }
 }
 
@@ -157,16 +156,10 @@ mod avx2 {
     use rayon::prelude::*;
 
     use super::CacheValue;
-    use crate::kernels::simd::{exp_neg, sum8};
+    use crate::kernels::simd::{exp_neg, sum8, SharedOut};
 
     /// Query heads computed together against one KV head.
     pub const GROUP: usize = 4;
-
-    /// Output rows are written by exactly one task each.
-    #[derive(Clone, Copy)]
-    struct OutPtr(*mut f32);
-    unsafe impl Send for OutPtr {}
-    unsafe impl Sync for OutPtr {}
 
     /// The sums of four vectors' lanes, as a vector of four.
     #[inline]
@@ -191,7 +184,7 @@ mod avx2 {
     ) -> Vec<f32> {
         let rep = heads / kv_heads;
         let mut out = vec![0f32; m * heads * hd];
-        let ptr = OutPtr(out.as_mut_ptr());
+        let ptr = SharedOut(out.as_mut_ptr());
         // Smaller groups where there would be too few tasks to keep every thread busy (one
         // token: one task per KV head).
         let threads = rayon::current_num_threads();

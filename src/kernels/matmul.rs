@@ -16,6 +16,7 @@
 use rayon::prelude::*;
 
 use super::quant::{QuantActs, QuantMatrix, BLOCK, TILE};
+use super::simd::SharedOut;
 
 /// Activation rows per kernel call, at most: enough to spread a tile's loads and unpacking over
 /// several rows, few enough that the accumulators stay in registers. Q8 keeps its eight weight
@@ -27,18 +28,12 @@ const CHUNK_Q8: usize = 2;
 const ROWS_PER_TASK: usize = 32;
 const _: () = assert!(ROWS_PER_TASK.is_multiple_of(TILE));
 
-/// Writes through a raw pointer from several threads; each (r, o) is written by exactly one.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
 pub fn matmul(w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
     let (n, k) = w.dims();
     assert_eq!(x.k, k, "activation width {} vs weight width {k}", x.k);
     let m = x.m;
     assert_eq!(out.len(), m * n);
-    let ptr = OutPtr(out.as_mut_ptr());
+    let ptr = SharedOut(out.as_mut_ptr());
     let tasks = n.div_ceil(ROWS_PER_TASK);
     let avx2 = super::simd::has_avx2();
     let chunk = match w {
@@ -142,16 +137,9 @@ fn tile_portable(
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use half::f16;
-
     use super::super::quant::{scale_index, QuantActs, QuantMatrix, BLOCK, TILE};
+    use super::super::simd::load_f16x8;
     use super::CHUNK;
-
-    /// Eight f16 values at `p` as f32 lanes.
-    #[inline(always)]
-    unsafe fn load_f16x8(p: *const f16) -> __m256 {
-        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
-    }
 
     /// Bytes `at..at + 8` of `p` in all four 64-bit lanes.
     #[inline(always)]

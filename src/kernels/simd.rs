@@ -147,6 +147,24 @@ pub fn exp_neg(x: f32) -> f32 {
     p * scale
 }
 
+/// An output buffer written from several threads, each element by exactly one: the kernels'
+/// tasks own disjoint parts of it.
+#[derive(Clone, Copy)]
+pub struct SharedOut(pub *mut f32);
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+/// Eight f16 values at `p` as f32 lanes.
+///
+/// # Safety
+/// `p..p + 8` must be readable, and the CPU must have F16C.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub unsafe fn load_f16x8(p: *const half::f16) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+}
+
 /// [`exp_neg`] on eight lanes, with the same operations in the same order (no fused
 /// multiply-adds), so each lane is bit-identical to the scalar function.
 ///
