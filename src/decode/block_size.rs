@@ -19,6 +19,15 @@ const ALPHA: f64 = 0.25;
 /// worse than a neighbour, which, once behind, is only probed again at growing intervals.
 const MAX_SLOWDOWN: f64 = 1.25;
 
+/// A pass time as it enters `s`'s average: capped at [`MAX_SLOWDOWN`] times it once settled.
+fn clip_slowdown(ms: f64, s: &Stat) -> f64 {
+    if s.samples >= 3 {
+        ms.min(MAX_SLOWDOWN * s.ms)
+    } else {
+        ms
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Stat {
     ms: f64,
@@ -103,13 +112,7 @@ impl AutoBlock {
                 samples: 1,
             },
             Some(s) => Stat {
-                ms: s.ms
-                    + ALPHA
-                        * (if s.samples >= 3 {
-                            ms.min(MAX_SLOWDOWN * s.ms)
-                        } else {
-                            ms
-                        } - s.ms),
+                ms: s.ms + ALPHA * (clip_slowdown(ms, &s) - s.ms),
                 tokens: s.tokens + ALPHA * (t - s.tokens),
                 samples: s.samples + 1,
             },

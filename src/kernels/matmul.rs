@@ -99,15 +99,11 @@ fn tile_portable(
     out: &mut [[f32; TILE]; CHUNK],
 ) {
     let nb = x.k / BLOCK;
-    let n_stored = w.dims().0.div_ceil(TILE) * TILE;
     for (i, res) in out.iter_mut().enumerate().take(rows) {
         let r = r0 + i;
         for (lane, res) in res.iter_mut().enumerate() {
+            // Tiles are stored whole, so every lane is a stored (maybe padding) row.
             let o = o0 + lane;
-            if o >= n_stored {
-                *res = 0.0;
-                continue;
-            }
             let (mut acc, mut offset) = (0f32, 0f32);
             for b in 0..nb {
                 let xb = &x.qs[r * x.k + b * BLOCK..][..BLOCK];

@@ -6,7 +6,7 @@
 use half::f16;
 
 use super::arena::{Store, StoreMut};
-use super::simd::{amax8, multiversion};
+use super::simd::amax8;
 
 /// Values per block.
 pub const BLOCK: usize = 32;
@@ -341,24 +341,24 @@ fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
     quantize_rows_portable(x, qs, d, s);
 }
 
-multiversion! {
-    fn quantize_rows_portable(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
-        for (((block, codes), d), s) in x
-            .chunks_exact(BLOCK)
-            .zip(qs.chunks_exact_mut(BLOCK))
-            .zip(d.iter_mut())
-            .zip(s.iter_mut())
-        {
-            let scale = amax8(block) / 127.0;
-            let inv = if scale == 0.0 { 0.0 } else { 1.0 / scale };
-            let mut sum = 0i32;
-            for (q, v) in codes.iter_mut().zip(block) {
-                *q = (v * inv).round() as i8;
-                sum += *q as i32;
-            }
-            *d = scale;
-            *s = scale * sum as f32;
+/// The quantization in plain code, for CPUs without AVX2 (where AVX2 exists, the explicit
+/// vector version below runs instead).
+fn quantize_rows_portable(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    for (((block, codes), d), s) in x
+        .chunks_exact(BLOCK)
+        .zip(qs.chunks_exact_mut(BLOCK))
+        .zip(d.iter_mut())
+        .zip(s.iter_mut())
+    {
+        let scale = amax8(block) / 127.0;
+        let inv = if scale == 0.0 { 0.0 } else { 1.0 / scale };
+        let mut sum = 0i32;
+        for (q, v) in codes.iter_mut().zip(block) {
+            *q = (v * inv).round() as i8;
+            sum += *q as i32;
         }
+        *d = scale;
+        *s = scale * sum as f32;
     }
 }
 

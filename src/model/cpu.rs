@@ -384,13 +384,12 @@ fn swiglu(gate_up: &[f32], ff: usize, out: &mut [f32]) {
     swiglu_portable(gate_up, ff, out);
 }
 
-multiversion! {
-    fn swiglu_portable(gate_up: &[f32], ff: usize, out: &mut [f32]) {
-        for (row, o) in gate_up.chunks_exact(2 * ff).zip(out.chunks_exact_mut(ff)) {
-            let (g, u) = row.split_at(ff);
-            for (o, (&g, &u)) in o.iter_mut().zip(g.iter().zip(u)) {
-                *o = silu_times(g, u);
-            }
+/// SwiGLU in plain code, for CPUs without AVX2 (where AVX2 exists, [`swiglu_avx2`] runs).
+fn swiglu_portable(gate_up: &[f32], ff: usize, out: &mut [f32]) {
+    for (row, o) in gate_up.chunks_exact(2 * ff).zip(out.chunks_exact_mut(ff)) {
+        let (g, u) = row.split_at(ff);
+        for (o, (&g, &u)) in o.iter_mut().zip(g.iter().zip(u)) {
+            *o = silu_times(g, u);
         }
     }
 }
