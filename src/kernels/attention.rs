@@ -57,9 +57,15 @@ pub fn causal_attention<T: CacheValue>(
 ) -> Vec<f32> {
     use rayon::prelude::*;
     #[cfg(target_arch = "x86_64")]
-    if hd.is_multiple_of(64) && crate::kernels::simd::has_avx2() {
-        // SAFETY: AVX2, FMA and F16C were detected; hd is a multiple of 64.
-        return unsafe { avx2::attention(q, k, v, heads, kv_heads, m, hd, capacity, offset) };
+    if crate::kernels::simd::has_avx2() && matches!(hd, 64 | 128) {
+        let (kv, cap) = (kv_heads, capacity);
+        // SAFETY: AVX2, FMA and F16C were detected.
+        return unsafe {
+            match hd {
+                64 => avx2::attention::<T, 64>(q, k, v, heads, kv, m, cap, offset),
+                _ => avx2::attention::<T, 128>(q, k, v, heads, kv, m, cap, offset),
+            }
+        };
     }
     // Each head into its own (m, hd) slab; heads are independent, so they run in parallel when
     // there is enough work. Each (head, row) is computed by the same code either way.
@@ -143,76 +149,100 @@ multiversion! {
     }
 }
 
-/// The same attention with explicit vectors for head sizes that are multiples of 64. The query
-/// heads that share a KV head (grouped-query attention) are computed together, up to
-/// [`avx2::GROUP`] at a time, so each key and value is loaded and widened from f16 once for all
-/// of them. Per query, every score is its own chain of multiply-adds over the head dimension,
-/// folded in a fixed order, and every output column its own chain over the keys in order, so a
-/// query's result does not depend on which queries, or how many rows, share the call.
+/// The same attention with explicit vectors for head sizes of 64 and 128 (a constant, so that
+/// every load's address is a register plus a fixed offset instead of a chain of additions).
+///
+/// A task is one KV head against a run of query rows, with all the query heads that share it
+/// (grouped-query attention). The task walks the head's keys, then its values, a block at a
+/// time: each block is widened from f16 once into a small per-thread buffer that stays in L1,
+/// and every query of the task passes over it there, two queries at a time sharing each load (a
+/// query re-reading the whole cache from L2 was bound by L2 bandwidth). Per query: each score a
+/// multiply-add chain over the head dimension whose lanes are folded by one fixed tree, a
+/// vector softmax, and each output column a chain over the keys in order.
+/// Nothing a query computes depends on which other queries, or how many rows, share its task:
+/// a block of tokens gets bit-identical results to one-token steps.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
+    use std::cell::RefCell;
 
     use rayon::prelude::*;
 
     use super::CacheValue;
-    use crate::kernels::simd::{exp_neg, sum8, SharedOut};
+    use crate::kernels::simd::{exp_neg, exp_neg8, sum_lanes, SharedOut};
 
-    /// Query heads computed together against one KV head.
-    pub const GROUP: usize = 4;
+    /// Keys scored together: one chain each, enough to hide the multiply-add latency.
+    const KEYS: usize = 8;
+    /// Values widened together: 8 KB of f32 at a head size of 64.
+    const VALUES: usize = 32;
 
-    /// The sums of four vectors' lanes, as a vector of four.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn sum4(a: [__m256; 4]) -> __m128 {
-        let h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-        _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1))
+    /// Per worker thread, reused across calls.
+    #[derive(Default)]
+    struct Scratch {
+        keys: Vec<f32>,
+        values: Vec<f32>,
+        /// The task's scores, one row of whole key blocks per query.
+        scores: Vec<f32>,
+        /// Per query: 1 / the softmax's sum.
+        inv: Vec<f32>,
+    }
+
+    thread_local! {
+        static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
     }
 
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn attention<T: CacheValue>(
+    pub unsafe fn attention<T: CacheValue, const HD: usize>(
         q: &[f32],
         k: &[T],
         v: &[T],
         heads: usize,
         kv_heads: usize,
         m: usize,
-        hd: usize,
         capacity: usize,
         offset: usize,
     ) -> Vec<f32> {
+        let hd = HD;
         let rep = heads / kv_heads;
         let mut out = vec![0f32; m * heads * hd];
         let ptr = SharedOut(out.as_mut_ptr());
-        // Smaller groups where there would be too few tasks to keep every thread busy (one
-        // token: one task per KV head).
-        let threads = rayon::current_num_threads();
-        let size = (m * heads / (2 * threads)).clamp(1, GROUP);
-        // Tasks: (row, first query head, query heads), each within one KV head's group.
-        let tasks: Vec<(usize, usize, usize)> = (0..m)
-            .flat_map(|i| {
-                (0..kv_heads).flat_map(move |g| {
-                    (0..rep)
-                        .step_by(size)
-                        .map(move |h0| (i, g * rep + h0, (rep - h0).min(size)))
-                })
-            })
+        // Rows are split into runs so that there are about two tasks per thread; each task
+        // widens its KV head once for rep * rows queries.
+        let runs = (2 * rayon::current_num_threads())
+            .div_ceil(kv_heads)
+            .clamp(1, m);
+        let rows = m.div_ceil(runs);
+        let tasks: Vec<(usize, usize)> = (0..kv_heads)
+            .flat_map(|g| (0..m).step_by(rows).map(move |r0| (g, r0)))
             .collect();
-        let run = |&(i, h0, n): &(usize, usize, usize)| {
+        let run = |&(g, r0): &(usize, usize)| {
             // Capture the Send wrapper whole, not its raw pointer field.
             #[allow(clippy::redundant_locals)]
             let ptr = ptr;
-            let (kv, len) = (h0 / rep * capacity * hd, offset + i + 1);
-            let (kp, vp) = (k.as_ptr().add(kv), v.as_ptr().add(kv));
-            let qp = |h: usize| q.as_ptr().add((h * m + i) * hd);
-            let op = ptr.0.add((i * heads + h0) * hd);
-            match n {
-                1 => group::<T, 1>(std::array::from_fn(|t| qp(h0 + t)), kp, vp, hd, len, op),
-                2 => group::<T, 2>(std::array::from_fn(|t| qp(h0 + t)), kp, vp, hd, len, op),
-                3 => group::<T, 3>(std::array::from_fn(|t| qp(h0 + t)), kp, vp, hd, len, op),
-                _ => group::<T, GROUP>(std::array::from_fn(|t| qp(h0 + t)), kp, vp, hd, len, op),
-            }
+            let end = (r0 + rows).min(m);
+            let base = g * capacity * hd;
+            // Query qi of the task: row r0 + qi / rep, head g * rep + qi % rep.
+            let task = Task {
+                q: |qi: usize| {
+                    q.as_ptr()
+                        .add(((g * rep + qi % rep) * m + r0 + qi / rep) * hd)
+                },
+                out: |qi: usize| {
+                    ptr.0
+                        .add(((r0 + qi / rep) * heads + g * rep + qi % rep) * hd)
+                },
+                len: |qi: usize| offset + r0 + qi / rep + 1,
+                queries: (end - r0) * rep,
+                keys: offset + end,
+            };
+            SCRATCH.with_borrow_mut(|scratch| {
+                task.run::<T, HD>(
+                    &k[base..base + task.keys * hd],
+                    &v[base..base + task.keys * hd],
+                    scratch,
+                )
+            });
         };
         if m * (offset + m) * heads <= 1 << 11 {
             tasks.iter().for_each(run);
@@ -222,84 +252,190 @@ mod avx2 {
         out
     }
 
-    /// Queries `q` (N heads of one row, hd each) over keys and values `0..len` of their KV
-    /// head; the N outputs go to `out` side by side.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn group<T: CacheValue, const N: usize>(
-        q: [*const f32; N],
-        kp: *const T,
-        vp: *const T,
-        hd: usize,
-        len: usize,
-        out: *mut f32,
-    ) {
-        let scale = 1.0 / (hd as f32).sqrt();
-        let mut scores = vec![0f32; N * len];
-        let quads = len / 4 * 4;
-        // Scores, four keys at a time. Each key's chain is the same whatever the grouping, so
-        // the keys are split into passes that keep about eight chains in flight: enough to
-        // hide the multiply-add latency, few enough to stay in registers.
-        let keys = if N <= 2 { 4 } else { 2 };
-        for j in (0..quads).step_by(4) {
-            let mut acc = [[_mm256_setzero_ps(); 4]; N];
-            for first in (0..4).step_by(keys) {
+    /// Queries `0..queries` against keys and values `0..keys` of one KV head; query qi reads
+    /// `q(qi)` (hd values), attends to keys `0..len(qi)` and writes `out(qi)` (hd values,
+    /// zero on entry).
+    struct Task<Q, O, L> {
+        q: Q,
+        out: O,
+        len: L,
+        queries: usize,
+        keys: usize,
+    }
+
+    impl<Q, O, L> Task<Q, O, L>
+    where
+        Q: Fn(usize) -> *const f32,
+        O: Fn(usize) -> *mut f32,
+        L: Fn(usize) -> usize,
+    {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn run<T: CacheValue, const HD: usize>(&self, k: &[T], v: &[T], s: &mut Scratch) {
+            let (hd, n) = (HD, self.queries);
+            let padded = self.keys.div_ceil(KEYS) * KEYS;
+            s.keys.resize(KEYS * hd, 0.0);
+            s.values.resize(VALUES * hd, 0.0);
+            s.scores.resize(s.scores.len().max(n * padded), 0.0);
+            s.inv.resize(n, 0.0);
+            let scale = _mm256_set1_ps(1.0 / (hd as f32).sqrt());
+            // Queries are in row order, so the ones that reach a block are a suffix; they go
+            // through it two at a time, sharing every load of a key or value.
+            let first = |j: usize| (0..n).find(|&qi| (self.len)(qi) > j).unwrap_or(n);
+            for j in (0..self.keys).step_by(KEYS) {
+                let have = (self.keys - j).min(KEYS);
+                widen(&k[j * hd..(j + have) * hd], &mut s.keys);
+                // A last, partial block: its missing keys are scored, never used, kept finite.
+                s.keys[have * hd..].fill(0.0);
+                let sp = s.scores.as_mut_ptr();
+                let score = |qi: usize| sp.add(qi * padded + j);
+                let mut qi = first(j);
+                while qi + 2 <= n {
+                    let (q, out) = ([(self.q)(qi), (self.q)(qi + 1)], [score(qi), score(qi + 1)]);
+                    score_block::<HD, 2>(q, s.keys.as_ptr(), scale, out);
+                    qi += 2;
+                }
+                if qi < n {
+                    score_block::<HD, 1>([(self.q)(qi)], s.keys.as_ptr(), scale, [score(qi)]);
+                }
+            }
+            for qi in 0..n {
+                s.inv[qi] = softmax(&mut s.scores[qi * padded..][..(self.len)(qi)]);
+            }
+            for j in (0..self.keys).step_by(VALUES) {
+                let have = (self.keys - j).min(VALUES);
+                widen(&v[j * hd..(j + have) * hd], &mut s.values);
+                let vp = s.values.as_ptr();
+                let p = |qi: usize| s.scores.as_ptr().add(qi * padded + j);
+                let rows = |qi: usize| ((self.len)(qi) - j).min(have);
+                let mut qi = first(j);
+                while qi + 2 <= n {
+                    // Both take the keys they share, then the later row its own last ones.
+                    let (a, b) = (rows(qi), rows(qi + 1));
+                    let out = [(self.out)(qi), (self.out)(qi + 1)];
+                    add_values::<HD, 2>([p(qi), p(qi + 1)], 0..a.min(b), vp, out);
+                    add_values::<HD, 1>([p(qi + 1)], a.min(b)..b, vp, [out[1]]);
+                    qi += 2;
+                }
+                if qi < n {
+                    add_values::<HD, 1>([p(qi)], 0..rows(qi), vp, [(self.out)(qi)]);
+                }
+            }
+            for qi in 0..n {
+                let (out, inv) = ((self.out)(qi), _mm256_set1_ps(s.inv[qi]));
                 for c in (0..hd).step_by(8) {
-                    let qv = q.map(|q| _mm256_loadu_ps(q.add(c)));
-                    for t in first..first + keys {
-                        let kv = T::load8(kp.add((j + t) * hd + c));
-                        for (a, qv) in acc.iter_mut().zip(&qv) {
-                            a[t] = _mm256_fmadd_ps(*qv, kv, a[t]);
-                        }
+                    _mm256_storeu_ps(out.add(c), _mm256_mul_ps(_mm256_loadu_ps(out.add(c)), inv));
+                }
+            }
+        }
+    }
+
+    /// `src` as f32 into the front of `dst`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn widen<T: CacheValue>(src: &[T], dst: &mut [f32]) {
+        assert!(src.len().is_multiple_of(8) && dst.len() >= src.len());
+        for c in (0..src.len()).step_by(8) {
+            _mm256_storeu_ps(dst.as_mut_ptr().add(c), T::load8(src.as_ptr().add(c)));
+        }
+    }
+
+    /// The lane sums of four vectors, lane t from `a[t]`, every lane by the same tree:
+    /// ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn sum4(a: [__m256; 4]) -> __m128 {
+        let h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+        _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1))
+    }
+
+    /// Scores of Q queries against the [`KEYS`] keys at `k` (HD f32 each), times `scale`, to
+    /// `out`: four keys at a time, a chain per (query, key) over the head dimension.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn score_block<const HD: usize, const Q: usize>(
+        q: [*const f32; Q],
+        k: *const f32,
+        scale: __m256,
+        out: [*mut f32; Q],
+    ) {
+        for first in (0..KEYS).step_by(4) {
+            let mut acc = [[_mm256_setzero_ps(); 4]; Q];
+            for c in (0..HD).step_by(8) {
+                let qv = q.map(|q| _mm256_loadu_ps(q.add(c)));
+                for t in 0..4 {
+                    let kv = _mm256_loadu_ps(k.add((first + t) * HD + c));
+                    for (a, qv) in acc.iter_mut().zip(&qv) {
+                        a[t] = _mm256_fmadd_ps(*qv, kv, a[t]);
                     }
                 }
             }
-            for (n, a) in acc.iter().enumerate() {
-                let s = _mm_mul_ps(sum4(*a), _mm_set1_ps(scale));
-                _mm_storeu_ps(scores.as_mut_ptr().add(n * len + j), s);
+            for (a, out) in acc.iter().zip(out) {
+                let s = _mm_mul_ps(sum4(*a), _mm256_castps256_ps128(scale));
+                _mm_storeu_ps(out.add(first), s);
             }
         }
-        for j in quads..len {
-            let mut acc = [_mm256_setzero_ps(); N];
-            for c in (0..hd).step_by(8) {
-                let kv = T::load8(kp.add(j * hd + c));
-                for (a, q) in acc.iter_mut().zip(&q) {
-                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(c)), kv, *a);
-                }
-            }
-            let z = _mm256_setzero_ps();
-            for (n, a) in acc.iter().enumerate() {
-                scores[n * len + j] = _mm_cvtss_f32(sum4([*a, z, z, z])) * scale;
-            }
+    }
+
+    /// Scores to softmax numerators in place; returns 1 / their sum. The max is exact in any
+    /// order; the sum keeps eight lane sums, folded by `sum_lanes`, then the tail in order.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn softmax(scores: &mut [f32]) -> f32 {
+        let (len, sp) = (scores.len(), scores.as_mut_ptr());
+        let whole = len / 8 * 8;
+        let mut mv = _mm256_set1_ps(f32::NEG_INFINITY);
+        for j in (0..whole).step_by(8) {
+            mv = _mm256_max_ps(mv, _mm256_loadu_ps(sp.add(j)));
         }
-        let mut inv = [_mm256_setzero_ps(); N];
-        for (n, inv) in inv.iter_mut().enumerate() {
-            let s = &mut scores[n * len..(n + 1) * len];
-            let max = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            for s in s.iter_mut() {
-                *s = exp_neg(*s - max);
-            }
-            *inv = _mm256_set1_ps(1.0 / sum8(s));
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), mv);
+        let max = scores[whole..]
+            .iter()
+            .chain(&lanes)
+            .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let mv = _mm256_set1_ps(max);
+        let mut sum = _mm256_setzero_ps();
+        for j in (0..whole).step_by(8) {
+            let e = exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(sp.add(j)), mv));
+            _mm256_storeu_ps(sp.add(j), e);
+            sum = _mm256_add_ps(sum, e);
         }
-        // Values: for all N queries at once, as many columns as keep about eight chains in
-        // flight (64 for one query, 16 for four); each column's chain runs over the keys in
-        // order whatever the width.
-        let vecs = (8 / N).max(2);
-        for col in (0..hd).step_by(vecs * 8) {
-            let mut acc = [[_mm256_setzero_ps(); 8]; N];
-            for j in 0..len {
-                let row = vp.add(j * hd + col);
-                let p: [__m256; N] =
-                    std::array::from_fn(|n| _mm256_set1_ps(*scores.get_unchecked(n * len + j)));
-                for c in 0..vecs {
-                    let vv = T::load8(row.add(c * 8));
-                    for (a, p) in acc.iter_mut().zip(&p) {
-                        a[c] = _mm256_fmadd_ps(*p, vv, a[c]);
+        _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+        let mut total = sum_lanes(lanes);
+        for s in &mut scores[whole..] {
+            *s = exp_neg(*s - max);
+            total += *s;
+        }
+        1.0 / total
+    }
+
+    /// For each of Q queries, `out += p[t] * values row t` for rows `t` in order (HD f32 each):
+    /// one chain per eight output columns, 32 columns at a time.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn add_values<const HD: usize, const Q: usize>(
+        p: [*const f32; Q],
+        rows: std::ops::Range<usize>,
+        values: *const f32,
+        out: [*mut f32; Q],
+    ) {
+        if rows.is_empty() {
+            return;
+        }
+        for col in (0..HD).step_by(32) {
+            let mut acc: [[__m256; 4]; Q] =
+                out.map(|o| std::array::from_fn(|c| _mm256_loadu_ps(o.add(col + c * 8))));
+            for t in rows.clone() {
+                let row = values.add(t * HD + col);
+                let vv: [__m256; 4] = std::array::from_fn(|c| _mm256_loadu_ps(row.add(c * 8)));
+                for (a, p) in acc.iter_mut().zip(&p) {
+                    let pv = _mm256_set1_ps(*p.add(t));
+                    for (a, vv) in a.iter_mut().zip(&vv) {
+                        *a = _mm256_fmadd_ps(pv, *vv, *a);
                     }
                 }
             }
-            for (n, a) in acc.iter().enumerate() {
-                for (c, a) in a.iter().enumerate().take(vecs) {
-                    _mm256_storeu_ps(out.add(n * hd + col + c * 8), _mm256_mul_ps(*a, inv[n]));
+            for (a, o) in acc.iter().zip(out) {
+                for (c, a) in a.iter().enumerate() {
+                    _mm256_storeu_ps(o.add(col + c * 8), *a);
                 }
             }
         }
@@ -352,8 +488,8 @@ mod tests {
 
     #[test]
     fn matches_a_plain_reference_and_is_independent_of_the_block() {
-        // hd 20: the portable path; 64: the vector path where the CPU has it.
-        for hd in [20, 64] {
+        // hd 20: the portable path; 64 and 128: the vector path where the CPU has it.
+        for hd in [20, 64, 128] {
             check_head_size(hd);
         }
     }

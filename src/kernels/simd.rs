@@ -196,8 +196,9 @@ pub unsafe fn exp_neg8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m25
     _mm256_mul_ps(p, _mm256_castsi256_ps(bits))
 }
 
+/// The eight lane sums' fold that every reduction here ends with.
 #[inline(always)]
-fn sum_lanes(acc: [f32; 8]) -> f32 {
+pub fn sum_lanes(acc: [f32; 8]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
