@@ -242,17 +242,18 @@ impl CpuLlama {
                 let row = &mut qkv[i * width..(i + 1) * width];
                 let (qr, rest) = row.split_at_mut(q_dim);
                 let (kr, vr) = rest.split_at_mut(kv_dim);
+                let half = hd / 2;
+                let cos = &self.cos[pos * half..(pos + 1) * half];
+                let sin = &self.sin[pos * half..(pos + 1) * half];
+                rope(qr, cos, sin);
+                rope(kr, cos, sin);
                 for head in 0..nh {
-                    let src = &mut qr[head * hd..(head + 1) * hd];
-                    self.rope(src, pos);
-                    q[(head * m + i) * hd..][..hd].copy_from_slice(src);
+                    q[(head * m + i) * hd..][..hd].copy_from_slice(&qr[head * hd..][..hd]);
                 }
                 for head in 0..nkv {
-                    let src = &mut kr[head * hd..(head + 1) * hd];
-                    self.rope(src, pos);
                     let at = (head * capacity + pos) * hd;
-                    k_cache[at..at + hd].convert_from_f32_slice(src);
-                    v_cache[at..at + hd].convert_from_f32_slice(&vr[head * hd..(head + 1) * hd]);
+                    k_cache[at..at + hd].convert_from_f32_slice(&kr[head * hd..][..hd]);
+                    v_cache[at..at + hd].convert_from_f32_slice(&vr[head * hd..][..hd]);
                 }
             }
             let att = crate::kernels::causal_attention(
@@ -290,18 +291,6 @@ impl CpuLlama {
             &mut out,
         );
         Ok(out)
-    }
-
-    /// Rotates one head's vector (HF half-split layout) to position `pos`.
-    fn rope(&self, v: &mut [f32], pos: usize) {
-        let half = v.len() / 2;
-        let cos = &self.cos[pos * half..(pos + 1) * half];
-        let sin = &self.sin[pos * half..(pos + 1) * half];
-        for i in 0..half {
-            let (a, b) = (v[i], v[i + half]);
-            v[i] = a * cos[i] - b * sin[i];
-            v[i + half] = b * cos[i] + a * sin[i];
-        }
     }
 
     /// Every weight as a dense f32 tensor under its Hugging Face name (for saving a folder).
@@ -368,6 +357,21 @@ multiversion! {
             let inv = 1.0 / (ms + eps).sqrt();
             for ((o, &v), &w) in o.iter_mut().zip(row).zip(w) {
                 *o = v * inv * w;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Rotates each head of `heads` (head after head, HF half-split layout) by the angles whose
+    /// cosines and sines are `cos` and `sin` (half a head each).
+    fn rope(heads: &mut [f32], cos: &[f32], sin: &[f32]) {
+        for head in heads.chunks_exact_mut(2 * cos.len()) {
+            let (a, b) = head.split_at_mut(cos.len());
+            for (((a, b), &c), &s) in a.iter_mut().zip(b).zip(cos).zip(sin) {
+                let (x, y) = (*a, *b);
+                *a = x * c - y * s;
+                *b = y * c + x * s;
             }
         }
     }
