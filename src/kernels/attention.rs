@@ -207,34 +207,30 @@ mod avx2 {
         let rep = heads / kv_heads;
         let mut out = vec![0f32; m * heads * hd];
         let ptr = SharedOut(out.as_mut_ptr());
-        // Rows are split into runs so that there are about two tasks per thread; each task
-        // widens its KV head once for rep * rows queries.
+        // A KV head's queries, row after row (query i: row i / rep, head i % rep), are split
+        // into runs so that there are about two tasks per thread; each task widens its KV
+        // head's keys and values once for all its queries.
         let runs = (2 * rayon::current_num_threads())
             .div_ceil(kv_heads)
-            .clamp(1, m);
-        let rows = m.div_ceil(runs);
+            .clamp(1, m * rep);
+        let size = (m * rep).div_ceil(runs);
         let tasks: Vec<(usize, usize)> = (0..kv_heads)
-            .flat_map(|g| (0..m).step_by(rows).map(move |r0| (g, r0)))
+            .flat_map(|g| (0..m * rep).step_by(size).map(move |q0| (g, q0)))
             .collect();
-        let run = |&(g, r0): &(usize, usize)| {
+        let run = |&(g, q0): &(usize, usize)| {
             // Capture the Send wrapper whole, not its raw pointer field.
             #[allow(clippy::redundant_locals)]
             let ptr = ptr;
-            let end = (r0 + rows).min(m);
+            let end = (q0 + size).min(m * rep);
             let base = g * capacity * hd;
-            // Query qi of the task: row r0 + qi / rep, head g * rep + qi % rep.
+            let row = |qi: usize| (q0 + qi) / rep;
+            let head = |qi: usize| g * rep + (q0 + qi) % rep;
             let task = Task {
-                q: |qi: usize| {
-                    q.as_ptr()
-                        .add(((g * rep + qi % rep) * m + r0 + qi / rep) * hd)
-                },
-                out: |qi: usize| {
-                    ptr.0
-                        .add(((r0 + qi / rep) * heads + g * rep + qi % rep) * hd)
-                },
-                len: |qi: usize| offset + r0 + qi / rep + 1,
-                queries: (end - r0) * rep,
-                keys: offset + end,
+                q: |qi: usize| q.as_ptr().add((head(qi) * m + row(qi)) * hd),
+                out: |qi: usize| ptr.0.add((row(qi) * heads + head(qi)) * hd),
+                len: |qi: usize| offset + row(qi) + 1,
+                queries: end - q0,
+                keys: offset + (end - 1) / rep + 1,
             };
             SCRATCH.with_borrow_mut(|scratch| {
                 task.run::<T, HD>(
@@ -253,8 +249,8 @@ mod avx2 {
     }
 
     /// Queries `0..queries` against keys and values `0..keys` of one KV head; query qi reads
-    /// `q(qi)` (hd values), attends to keys `0..len(qi)` and writes `out(qi)` (hd values,
-    /// zero on entry).
+    /// `q(qi)` (hd values), attends to keys `0..len(qi)` (never shorter than an earlier
+    /// query's) and writes `out(qi)` (hd values, zero on entry).
     struct Task<Q, O, L> {
         q: Q,
         out: O,
