@@ -152,11 +152,12 @@ multiversion! {
 /// The same attention with explicit vectors for head sizes of 64 and 128 (a constant, so that
 /// every load's address is a register plus a fixed offset instead of a chain of additions).
 ///
-/// A task is one KV head against a run of query rows, with all the query heads that share it
-/// (grouped-query attention). The task walks the head's keys, then its values, a block at a
-/// time: each block is widened from f16 once into a small per-thread buffer that stays in L1,
-/// and every query of the task passes over it there, two queries at a time sharing each load (a
-/// query re-reading the whole cache from L2 was bound by L2 bandwidth). Per query: each score a
+/// A task is one KV head against a run of its queries (grouped-query attention: the query heads
+/// that share it, row after row). The task walks the head's keys, then its values, a block at a
+/// time: with more than two queries each block is widened from f16 once into a small
+/// per-thread buffer that stays in L1, and every query of the task passes over it there, two
+/// queries at a time sharing each load (a query re-reading the whole cache from L2 was bound by
+/// L2 bandwidth). Per query: each score a
 /// multiply-add chain over the head dimension whose lanes are folded by one fixed tree, a
 /// vector softmax, and each output column a chain over the keys in order.
 /// Nothing a query computes depends on which other queries, or how many rows, share its task:
@@ -273,25 +274,20 @@ mod avx2 {
             s.values.resize(VALUES * hd, 0.0);
             s.scores.resize(s.scores.len().max(n * padded), 0.0);
             s.inv.resize(n, 0.0);
-            let scale = _mm256_set1_ps(1.0 / (hd as f32).sqrt());
-            // Queries are in row order, so the ones that reach a block are a suffix; they go
-            // through it two at a time, sharing every load of a key or value.
-            let first = |j: usize| (0..n).find(|&qi| (self.len)(qi) > j).unwrap_or(n);
+            // One or two queries read the cache as stored: widening a block first would cost
+            // more than it saves them (the f32 values are the same either way).
+            let direct = n <= 2;
             for j in (0..self.keys).step_by(KEYS) {
                 let have = (self.keys - j).min(KEYS);
-                widen(&k[j * hd..(j + have) * hd], &mut s.keys);
-                // A last, partial block: its missing keys are scored, never used, kept finite.
-                s.keys[have * hd..].fill(0.0);
-                let sp = s.scores.as_mut_ptr();
-                let score = |qi: usize| sp.add(qi * padded + j);
-                let mut qi = first(j);
-                while qi + 2 <= n {
-                    let (q, out) = ([(self.q)(qi), (self.q)(qi + 1)], [score(qi), score(qi + 1)]);
-                    score_block::<HD, 2>(q, s.keys.as_ptr(), scale, out);
-                    qi += 2;
-                }
-                if qi < n {
-                    score_block::<HD, 1>([(self.q)(qi)], s.keys.as_ptr(), scale, [score(qi)]);
+                let scores = s.scores.as_mut_ptr().add(j);
+                if direct && have == KEYS {
+                    self.score::<T, HD>(j, k.as_ptr().add(j * hd), scores, padded);
+                } else {
+                    widen(&k[j * hd..(j + have) * hd], &mut s.keys);
+                    // A last, partial block: its missing keys are scored, never used, kept
+                    // finite.
+                    s.keys[have * hd..].fill(0.0);
+                    self.score::<f32, HD>(j, s.keys.as_ptr(), scores, padded);
                 }
             }
             for qi in 0..n {
@@ -299,21 +295,12 @@ mod avx2 {
             }
             for j in (0..self.keys).step_by(VALUES) {
                 let have = (self.keys - j).min(VALUES);
-                widen(&v[j * hd..(j + have) * hd], &mut s.values);
-                let vp = s.values.as_ptr();
-                let p = |qi: usize| s.scores.as_ptr().add(qi * padded + j);
-                let rows = |qi: usize| ((self.len)(qi) - j).min(have);
-                let mut qi = first(j);
-                while qi + 2 <= n {
-                    // Both take the keys they share, then the later row its own last ones.
-                    let (a, b) = (rows(qi), rows(qi + 1));
-                    let out = [(self.out)(qi), (self.out)(qi + 1)];
-                    add_values::<HD, 2>([p(qi), p(qi + 1)], 0..a.min(b), vp, out);
-                    add_values::<HD, 1>([p(qi + 1)], a.min(b)..b, vp, [out[1]]);
-                    qi += 2;
-                }
-                if qi < n {
-                    add_values::<HD, 1>([p(qi)], 0..rows(qi), vp, [(self.out)(qi)]);
+                let p = s.scores.as_ptr().add(j);
+                if direct {
+                    self.add::<T, HD>(j, have, v.as_ptr().add(j * hd), p, padded);
+                } else {
+                    widen(&v[j * hd..(j + have) * hd], &mut s.values);
+                    self.add::<f32, HD>(j, have, s.values.as_ptr(), p, padded);
                 }
             }
             for qi in 0..n {
@@ -321,6 +308,67 @@ mod avx2 {
                 for c in (0..hd).step_by(8) {
                     _mm256_storeu_ps(out.add(c), _mm256_mul_ps(_mm256_loadu_ps(out.add(c)), inv));
                 }
+            }
+        }
+
+        /// The first query that reaches key `j`: queries are in row order, so the ones that
+        /// reach a block are a suffix.
+        fn first(&self, j: usize) -> usize {
+            (0..self.queries)
+                .find(|&qi| (self.len)(qi) > j)
+                .unwrap_or(self.queries)
+        }
+
+        /// Scores of every query that reaches them against the [`KEYS`] keys at `keys` (key j
+        /// of the head onwards), into `scores` (key j of query 0's row; rows `padded` apart),
+        /// two queries at a time sharing every load.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn score<E: CacheValue, const HD: usize>(
+            &self,
+            j: usize,
+            keys: *const E,
+            scores: *mut f32,
+            padded: usize,
+        ) {
+            let scale = _mm256_set1_ps(1.0 / (HD as f32).sqrt());
+            let (n, out) = (self.queries, |qi: usize| scores.add(qi * padded));
+            let mut qi = self.first(j);
+            while qi + 2 <= n {
+                let (q, o) = ([(self.q)(qi), (self.q)(qi + 1)], [out(qi), out(qi + 1)]);
+                score_block::<E, HD, 2>(q, keys, scale, o);
+                qi += 2;
+            }
+            if qi < n {
+                score_block::<E, HD, 1>([(self.q)(qi)], keys, scale, [out(qi)]);
+            }
+        }
+
+        /// Adds the `have` values at `values` (value j of the head onwards), weighted by the
+        /// softmax numerators at `p` (rows `padded` apart), to every query that reaches them,
+        /// two queries at a time sharing every load.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn add<E: CacheValue, const HD: usize>(
+            &self,
+            j: usize,
+            have: usize,
+            values: *const E,
+            p: *const f32,
+            padded: usize,
+        ) {
+            let n = self.queries;
+            let p = |qi: usize| p.add(qi * padded);
+            let rows = |qi: usize| ((self.len)(qi) - j).min(have);
+            let mut qi = self.first(j);
+            while qi + 2 <= n {
+                // Both take the values they share, then the later row its own last ones.
+                let (a, b) = (rows(qi), rows(qi + 1));
+                let out = [(self.out)(qi), (self.out)(qi + 1)];
+                add_values::<E, HD, 2>([p(qi), p(qi + 1)], 0..a.min(b), values, out);
+                add_values::<E, HD, 1>([p(qi + 1)], a.min(b)..b, values, [out[1]]);
+                qi += 2;
+            }
+            if qi < n {
+                add_values::<E, HD, 1>([p(qi)], 0..rows(qi), values, [(self.out)(qi)]);
             }
         }
     }
@@ -343,13 +391,13 @@ mod avx2 {
         _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1))
     }
 
-    /// Scores of Q queries against the [`KEYS`] keys at `k` (HD f32 each), times `scale`, to
+    /// Scores of Q queries against the [`KEYS`] keys at `k` (HD values each), times `scale`, to
     /// `out`: four keys at a time, a chain per (query, key) over the head dimension.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn score_block<const HD: usize, const Q: usize>(
+    unsafe fn score_block<E: CacheValue, const HD: usize, const Q: usize>(
         q: [*const f32; Q],
-        k: *const f32,
+        k: *const E,
         scale: __m256,
         out: [*mut f32; Q],
     ) {
@@ -358,7 +406,7 @@ mod avx2 {
             for c in (0..HD).step_by(8) {
                 let qv = q.map(|q| _mm256_loadu_ps(q.add(c)));
                 for t in 0..4 {
-                    let kv = _mm256_loadu_ps(k.add((first + t) * HD + c));
+                    let kv = E::load8(k.add((first + t) * HD + c));
                     for (a, qv) in acc.iter_mut().zip(&qv) {
                         a[t] = _mm256_fmadd_ps(*qv, kv, a[t]);
                     }
@@ -403,14 +451,14 @@ mod avx2 {
         1.0 / total
     }
 
-    /// For each of Q queries, `out += p[t] * values row t` for rows `t` in order (HD f32 each):
+    /// For each of Q queries, `out += p[t] * values row t` for rows `t` in order (HD values each):
     /// one chain per eight output columns, 32 columns at a time.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn add_values<const HD: usize, const Q: usize>(
+    unsafe fn add_values<E: CacheValue, const HD: usize, const Q: usize>(
         p: [*const f32; Q],
         rows: std::ops::Range<usize>,
-        values: *const f32,
+        values: *const E,
         out: [*mut f32; Q],
     ) {
         if rows.is_empty() {
@@ -421,7 +469,7 @@ mod avx2 {
                 out.map(|o| std::array::from_fn(|c| _mm256_loadu_ps(o.add(col + c * 8))));
             for t in rows.clone() {
                 let row = values.add(t * HD + col);
-                let vv: [__m256; 4] = std::array::from_fn(|c| _mm256_loadu_ps(row.add(c * 8)));
+                let vv: [__m256; 4] = std::array::from_fn(|c| E::load8(row.add(c * 8)));
                 for (a, p) in acc.iter_mut().zip(&p) {
                     let pv = _mm256_set1_ps(*p.add(t));
                     for (a, vv) in a.iter_mut().zip(&vv) {
