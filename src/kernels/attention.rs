@@ -157,11 +157,10 @@ multiversion! {
 /// time: with more than two queries each block is widened from f16 once into a small
 /// per-thread buffer that stays in L1, and every query of the task passes over it there, two
 /// queries at a time sharing each load (a query re-reading the whole cache from L2 was bound by
-/// L2 bandwidth). Per query: each score a
-/// multiply-add chain over the head dimension whose lanes are folded by one fixed tree, a
-/// vector softmax, and each output column a chain over the keys in order.
-/// Nothing a query computes depends on which other queries, or how many rows, share its task:
-/// a block of tokens gets bit-identical results to one-token steps.
+/// L2 bandwidth). Per query: each score a multiply-add chain over the head dimension whose
+/// lanes are folded by one fixed tree, a vector softmax, and each output column a chain over
+/// the keys in order. Nothing a query computes depends on which other queries, or how many
+/// rows, share its task: a block of tokens gets bit-identical results to one-token steps.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -172,7 +171,7 @@ mod avx2 {
     use super::CacheValue;
     use crate::kernels::simd::{exp_neg, exp_neg8, sum_lanes, SharedOut};
 
-    /// Keys scored together: one chain each, enough to hide the multiply-add latency.
+    /// Keys widened together: 2 KB of f32 at a head size of 64.
     const KEYS: usize = 8;
     /// Values widened together: 8 KB of f32 at a head size of 64.
     const VALUES: usize = 32;
