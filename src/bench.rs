@@ -321,21 +321,31 @@ pub fn forward_costs(engine: &Engine, cfg: &BenchConfig) -> Result<Vec<ForwardCo
             model.forward(chunk, &mut cache, Logits::Last)?;
         }
     }
-    let mut out: Vec<ForwardCost> = Vec::new();
-    for &m in &cfg.cost_sizes {
-        if base + m > context {
-            continue;
-        }
-        let block: Vec<u32> = (0..m).map(|i| ids[(base + i) % ids.len()]).collect();
-        let mut times = Vec::with_capacity(cfg.repetitions);
-        for rep in 0..cfg.repetitions + 2 {
+    let sizes: Vec<usize> = cfg
+        .cost_sizes
+        .iter()
+        .copied()
+        .filter(|&m| base + m <= context)
+        .collect();
+    let blocks: Vec<Vec<u32>> = sizes
+        .iter()
+        .map(|&m| (0..m).map(|i| ids[(base + i) % ids.len()]).collect())
+        .collect();
+    // Round-robin over the sizes, so that drift in the machine's speed lands on every size
+    // alike instead of skewing the ratios between sizes measured minutes apart.
+    let mut times = vec![Vec::with_capacity(cfg.repetitions); sizes.len()];
+    for rep in 0..cfg.repetitions + 2 {
+        for (block, times) in blocks.iter().zip(&mut times) {
             cache.truncate(base);
             let t = Instant::now();
-            model.forward(&block, &mut cache, Logits::All)?;
+            model.forward(block, &mut cache, Logits::All)?;
             if rep >= 2 {
                 times.push(t.elapsed().as_secs_f64() * 1e3);
             }
         }
+    }
+    let mut out: Vec<ForwardCost> = Vec::new();
+    for (&m, mut times) in sizes.iter().zip(times) {
         times.sort_by(f64::total_cmp);
         out.push(ForwardCost {
             m,

@@ -181,6 +181,8 @@ struct BenchArgs {
     /// Positions in the KV cache while measuring forward costs.
     #[arg(long, default_value_t = 256)]
     cache_tokens: usize,
+    /// Timed forwards per block size (after two warm-up rounds), taken round-robin over the
+    /// sizes; the report gives their median, min and max.
     #[arg(long, default_value_t = 7)]
     repetitions: usize,
     /// Print the report as one JSON object.
