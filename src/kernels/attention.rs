@@ -329,7 +329,7 @@ mod avx2 {
             scores: *mut f32,
             padded: usize,
         ) {
-            let scale = _mm256_set1_ps(1.0 / (HD as f32).sqrt());
+            let scale = _mm_set1_ps(1.0 / (HD as f32).sqrt());
             let (n, out) = (self.queries, |qi: usize| scores.add(qi * padded));
             let mut qi = self.first(j);
             while qi + 2 <= n {
@@ -397,7 +397,7 @@ mod avx2 {
     unsafe fn score_block<E: CacheValue, const HD: usize, const Q: usize>(
         q: [*const f32; Q],
         k: *const E,
-        scale: __m256,
+        scale: __m128,
         out: [*mut f32; Q],
     ) {
         for first in (0..KEYS).step_by(4) {
@@ -412,7 +412,7 @@ mod avx2 {
                 }
             }
             for (a, out) in acc.iter().zip(out) {
-                let s = _mm_mul_ps(sum4(*a), _mm256_castps256_ps128(scale));
+                let s = _mm_mul_ps(sum4(*a), scale);
                 _mm_storeu_ps(out.add(first), s);
             }
         }

@@ -236,13 +236,12 @@ impl CpuLlama {
             acts.quantize(&normed, m, h);
             matmul(&layer.qkv_proj, &acts, &mut qkv);
             let (k_cache, v_cache) = cache.cpu_layer(l);
-            let width = q_dim + 2 * kv_dim;
+            let (width, half) = (q_dim + 2 * kv_dim, hd / 2);
             for i in 0..m {
                 let pos = offset + i;
                 let row = &mut qkv[i * width..(i + 1) * width];
                 let (qr, rest) = row.split_at_mut(q_dim);
                 let (kr, vr) = rest.split_at_mut(kv_dim);
-                let half = hd / 2;
                 let cos = &self.cos[pos * half..(pos + 1) * half];
                 let sin = &self.sin[pos * half..(pos + 1) * half];
                 rope(qr, cos, sin);
