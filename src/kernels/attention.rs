@@ -154,10 +154,12 @@ multiversion! {
 ///
 /// A task is one KV head against a run of its queries (grouped-query attention: the query heads
 /// that share it, row after row). The task walks the head's keys, then its values, a block at a
-/// time: with more than two queries each block is widened from f16 once into a small
-/// per-thread buffer that stays in L1, and every query of the task passes over it there, two
-/// queries at a time sharing each load (a query re-reading the whole cache from L2 was bound by
-/// L2 bandwidth). Per query: each score a multiply-add chain over the head dimension whose
+/// time, and every query of the task passes over the block while it is in L1, two queries at a
+/// time sharing each load (a query re-reading the whole cache from L2 was bound by L2
+/// bandwidth). Blocks are read as stored, f16 widened in the multiply's own load: widening each
+/// block into an f32 buffer first cost a third more in the forward (the widening pass waited
+/// on the cache's lines, then its stores on the loads). Per query: each score a multiply-add
+/// chain over the head dimension whose
 /// lanes are folded by one fixed tree, a vector softmax, and each output column a chain over
 /// the keys in order. Nothing a query computes depends on which other queries, or how many
 /// rows, share its task: a block of tokens gets bit-identical results to one-token steps.
@@ -171,16 +173,16 @@ mod avx2 {
     use super::CacheValue;
     use crate::kernels::simd::{exp_neg, exp_neg8, sum_lanes, SharedOut};
 
-    /// Keys widened together: 2 KB of f32 at a head size of 64.
+    /// Keys scored together: 1 KB of f16 at a head size of 64.
     const KEYS: usize = 8;
-    /// Values widened together: 8 KB of f32 at a head size of 64.
+    /// Values added together: 4 KB of f16 at a head size of 64.
     const VALUES: usize = 32;
 
     /// Per worker thread, reused across calls.
     #[derive(Default)]
     struct Scratch {
+        /// The last, partial block of keys, widened and padded with zeros.
         keys: Vec<f32>,
-        values: Vec<f32>,
         /// The task's scores, one row of whole key blocks per query.
         scores: Vec<f32>,
         /// Per query: 1 / the softmax's sum.
@@ -270,21 +272,18 @@ mod avx2 {
             let (hd, n) = (HD, self.queries);
             let padded = self.keys.div_ceil(KEYS) * KEYS;
             s.keys.resize(KEYS * hd, 0.0);
-            s.values.resize(VALUES * hd, 0.0);
             s.scores.resize(s.scores.len().max(n * padded), 0.0);
             s.inv.resize(n, 0.0);
-            // One or two queries read the cache as stored: widening a block first would cost
-            // more than it saves them (the f32 values are the same either way).
-            let direct = n <= 2;
             for j in (0..self.keys).step_by(KEYS) {
                 let have = (self.keys - j).min(KEYS);
                 let scores = s.scores.as_mut_ptr().add(j);
-                if direct && have == KEYS {
+                if have == KEYS {
                     self.score::<T, HD>(j, k.as_ptr().add(j * hd), scores, padded);
                 } else {
+                    // The cache past the last key is not ours to read: a copy, whose missing
+                    // keys are scored, never used, kept finite (the f32 values are the same as
+                    // the f16 ones).
                     widen(&k[j * hd..(j + have) * hd], &mut s.keys);
-                    // A last, partial block: its missing keys are scored, never used, kept
-                    // finite.
                     s.keys[have * hd..].fill(0.0);
                     self.score::<f32, HD>(j, s.keys.as_ptr(), scores, padded);
                 }
@@ -295,12 +294,7 @@ mod avx2 {
             for j in (0..self.keys).step_by(VALUES) {
                 let have = (self.keys - j).min(VALUES);
                 let p = s.scores.as_ptr().add(j);
-                if direct {
-                    self.add::<T, HD>(j, have, v.as_ptr().add(j * hd), p, padded);
-                } else {
-                    widen(&v[j * hd..(j + have) * hd], &mut s.values);
-                    self.add::<f32, HD>(j, have, s.values.as_ptr(), p, padded);
-                }
+                self.add::<T, HD>(j, have, v.as_ptr().add(j * hd), p, padded);
             }
             for qi in 0..n {
                 let (out, inv) = ((self.out)(qi), _mm256_set1_ps(s.inv[qi]));
