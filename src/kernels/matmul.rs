@@ -4,10 +4,15 @@
 //! The kernel takes one tile of eight weight rows against up to [`CHUNK`] activation rows. Per
 //! block it loads the tile's codes once (four or eight 32-byte vectors, see
 //! [`super::quant::code_index`]) and, for each activation row, multiplies them by the row's
-//! bytes broadcast, folding each weight row's sum into its own lane; the float steps (scales,
+//! bytes broadcast, each weight row's sum landing in its own lane; the float steps (scales,
 //! Q4 offsets) then run for eight weight rows per instruction. The tile stays in L1 while the
 //! next chunk of activation rows passes over it, so weights are read from memory once per call
 //! whatever m is.
+//!
+//! Without VNNI the work is `vpmaddubsw`, 32 byte products per instruction, two per cycle on
+//! Zen 3; everything around it (broadcasts, sums, conversions, scales) competes for the same
+//! four vector pipes, so the kernels are written to spend as few instructions per block and
+//! activation row as they can (see BENCHMARKS.md for the count).
 //!
 //! Each (row, output) gets the same integer sum (exact) and then the same float operations in
 //! the same order, whichever chunk size carried it, so a row's result never depends on which
@@ -139,28 +144,25 @@ mod avx2 {
         _mm256_set1_epi64x((p.add(at) as *const i64).read_unaligned())
     }
 
-    /// Even rows' sums in `a`, odd rows' in `b` (a row per 64-bit lane, as `bits`-bit
-    /// integers): each lane's halves added, then a's in the low and b's in the high 32 bits, so
-    /// that rows come out in order.
+    /// Bytes `at..at + 4` of `p` in all eight 32-bit lanes.
     #[inline(always)]
-    unsafe fn interleave(a: __m256i, b: __m256i, bits: u32) -> __m256i {
-        let (a, b) = if bits == 16 {
-            (
-                _mm256_add_epi16(a, _mm256_srli_epi64(a, 32)),
-                _mm256_add_epi16(b, _mm256_slli_epi64(b, 32)),
-            )
-        } else {
-            (
-                _mm256_add_epi32(a, _mm256_srli_epi64(a, 32)),
-                _mm256_add_epi32(b, _mm256_slli_epi64(b, 32)),
-            )
-        };
+    unsafe fn bcast4(p: *const i8, at: usize) -> __m256i {
+        _mm256_set1_epi32((p.add(at) as *const i32).read_unaligned())
+    }
+
+    /// Even rows' sums in `a`, odd rows' in `b` (a row per 64-bit lane, as two i32): each
+    /// lane's halves added, then a's in the low and b's in the high 32 bits, so that rows come
+    /// out in order.
+    #[inline(always)]
+    unsafe fn interleave(a: __m256i, b: __m256i) -> __m256i {
+        let a = _mm256_add_epi32(a, _mm256_srli_epi64(a, 32));
+        let b = _mm256_add_epi32(b, _mm256_slli_epi64(b, 32));
         _mm256_blend_epi32(a, b, 0b1010_1010)
     }
 
     /// Weight rows `o0..o0 + 8` (a tile) against activation rows `r0..r0 + R`: `out[i][lane]`
     /// is row r0 + i against weight row o0 + lane. Per block, each activation row's eight
-    /// integer sums are folded into one vector (lane = weight row), then
+    /// integer sums end up in one vector (lane = weight row), then
     /// `acc = fma(isum, dw * dx, acc)` and (Q4) `offset = fma(m, s, offset)`; the result is
     /// `acc + offset`. Nothing here depends on R but the number of rows.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -176,6 +178,9 @@ mod avx2 {
         let ones = _mm256_set1_epi16(1);
         let xq: [*const i8; R] = std::array::from_fn(|i| x.qs.as_ptr().add((r0 + i) * k));
         let xd: [*const f32; R] = std::array::from_fn(|i| x.d.as_ptr().add((r0 + i) * nb));
+        // Q4 multiplies by the activation scales straight from memory (see `QuantActs::d8`);
+        // for Q8 that measured 3% slower than a broadcast.
+        let xd8: [*const f32; R] = std::array::from_fn(|i| x.d8.as_ptr().add((r0 + i) * nb * 8));
         let xs: [*const f32; R] = std::array::from_fn(|i| x.s.as_ptr().add((r0 + i) * nb));
         let mut acc = [_mm256_setzero_ps(); R];
         let mut offset = [_mm256_setzero_ps(); R];
@@ -189,8 +194,8 @@ mod avx2 {
                 for b in 0..nb {
                     _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(b * 128) as *const i8);
                     _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(b * 128 + 64) as *const i8);
-                    // Vectors: group 0 bytes 0..8, group 0 bytes 8..16, then group 1. Low
-                    // nibbles are values 0..16 of the block, high nibbles 16..32.
+                    // Vector v: bytes 4v..4v + 4 of the eight rows; low nibbles are values
+                    // 4v..4v + 4 of the block, high nibbles 16 + 4v.. .
                     let raw: [__m256i; 4] = std::array::from_fn(|v| {
                         _mm256_loadu_si256(base.add(b * 128 + v * 32) as *const __m256i)
                     });
@@ -199,24 +204,21 @@ mod avx2 {
                     let at = scale_index(nb, o0, b);
                     let dw = load_f16x8(d.as_ptr().add(at));
                     for i in 0..R {
-                        let xc: [__m256i; 4] =
-                            std::array::from_fn(|c| bcast8(xq[i], b * BLOCK + c * 8));
-                        // Codes < 16 and |x| <= 127: the eight 2-value sums a row's 64-bit
-                        // lane is folded to stay below 8 * 15 * 127 * 2 = 30480 < 2^15.
-                        let group = |g: usize| {
+                        let xb = b * BLOCK;
+                        let part = |v: usize| {
                             _mm256_add_epi16(
-                                _mm256_add_epi16(
-                                    _mm256_maddubs_epi16(lo[2 * g], xc[0]),
-                                    _mm256_maddubs_epi16(lo[2 * g + 1], xc[1]),
-                                ),
-                                _mm256_add_epi16(
-                                    _mm256_maddubs_epi16(hi[2 * g], xc[2]),
-                                    _mm256_maddubs_epi16(hi[2 * g + 1], xc[3]),
-                                ),
+                                _mm256_maddubs_epi16(lo[v], bcast4(xq[i], xb + 4 * v)),
+                                _mm256_maddubs_epi16(hi[v], bcast4(xq[i], xb + 16 + 4 * v)),
                             )
                         };
-                        let isum = _mm256_madd_epi16(interleave(group(0), group(1), 16), ones);
-                        let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*xd[i].add(b)));
+                        // Codes < 16 and |x| <= 127: a lane's eight 2-value sums stay below
+                        // 8 * 15 * 127 * 2 = 30480 < 2^15.
+                        let sum = _mm256_add_epi16(
+                            _mm256_add_epi16(part(0), part(1)),
+                            _mm256_add_epi16(part(2), part(3)),
+                        );
+                        let isum = _mm256_madd_epi16(sum, ones);
+                        let scale = _mm256_mul_ps(dw, _mm256_loadu_ps(xd8[i].add(b * 8)));
                         acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[i]);
                     }
                 }
@@ -258,7 +260,7 @@ mod avx2 {
                                 _mm256_add_epi32(part(4 * g + 2), part(4 * g + 3)),
                             )
                         };
-                        let isum = interleave(group(0), group(1), 32);
+                        let isum = interleave(group(0), group(1));
                         let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*xd[i].add(b)));
                         acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[i]);
                     }

@@ -11,8 +11,8 @@ use super::simd::amax8;
 /// Values per block.
 pub const BLOCK: usize = 32;
 
-/// Weight rows stored together: a tile's codes for one block are read as whole vectors (four
-/// rows of eight bytes each), and its scales for one block as one vector of eight.
+/// Weight rows stored together: a tile's codes for one block are read as whole vectors, and its
+/// scales for one block as one vector of eight.
 pub const TILE: usize = 8;
 
 /// Where the scale of (row o, block b) lives: `[o / TILE][b][o % TILE]`.
@@ -21,20 +21,27 @@ pub fn scale_index(nb: usize, o: usize, b: usize) -> usize {
     ((o / TILE) * nb + b) * TILE + o % TILE
 }
 
-/// Where code byte `j` of block `b` of row `o` lives, for `bytes` code bytes per block (16 for
-/// Q4, 32 for Q8): `[o / TILE][b][group][j / 8][slot][j % 8]`.
+/// Where code byte `j` of block `b` of row `o` lives, for `bytes` code bytes per block: a
+/// tile's block is a run of 32-byte vectors.
 ///
-/// A tile's block is a run of 32-byte vectors, each holding eight consecutive bytes of four
-/// rows: group 0 is the tile's even rows, group 1 its odd rows. Multiplying such a vector by
-/// eight activation bytes broadcast four times gives each row's sums in its own 64-bit lane;
-/// folding each lane to 32 bits and interleaving the two groups then lands row r of the tile in
-/// 32-bit lane r, with shifts and a blend (`hadd` would do it too, at several times the cost of
-/// a multiply on Zen 3).
+/// Q4 (16 bytes): `[o / TILE][b][j / 4][o % TILE][j % 4]`, each vector four consecutive bytes
+/// of all eight rows. Multiplying one by four activation bytes broadcast eight times gives row
+/// r's sums in 32-bit lane r, with no folding between rows.
+///
+/// Q8 (32 bytes): `[o / TILE][b][group][j / 8][slot][j % 8]`, each vector eight consecutive
+/// bytes of four rows, group 0 the tile's even rows and group 1 its odd rows; each row's
+/// 64-bit lane is folded to 32 bits and the two groups interleaved with shifts and a blend.
+/// (Q4 used this layout too until the fold, five instructions per block and activation row,
+/// measured 4 to 8% of the Q4 matmul; Q8's kernel, which widens every product pair to 32 bits
+/// before any sum, has not been re-measured with four-byte chunks.)
 #[inline(always)]
 pub fn code_index(nb: usize, bytes: usize, o: usize, b: usize, j: usize) -> usize {
-    let r = o % TILE;
+    let (tile, r) = (((o / TILE) * nb + b) * TILE * bytes, o % TILE);
+    if bytes == 16 {
+        return tile + (j / 4) * 32 + r * 4 + j % 4;
+    }
     let (group, slot) = (r % 2, r / 2);
-    ((o / TILE) * nb + b) * TILE * bytes + (group * bytes / 8 + j / 8) * 32 + slot * 8 + j % 8
+    tile + (group * bytes / 8 + j / 8) * 32 + slot * 8 + j % 8
 }
 
 /// An (n, k) weight matrix in blocks of 32 along k, stored by tiles of [`TILE`] rows (codes by
@@ -78,9 +85,10 @@ fn tiled_codes<T: Copy + Default>(n: usize, nb: usize, bytes: usize, linear: &[T
     let mut out = vec![T::default(); n.div_ceil(TILE) * TILE * nb * bytes];
     for (o, row) in linear.chunks_exact(nb * bytes).enumerate() {
         for (b, block) in row.chunks_exact(bytes).enumerate() {
-            for (c, chunk) in block.chunks_exact(8).enumerate() {
-                let at = code_index(nb, bytes, o, b, c * 8);
-                out[at..at + 8].copy_from_slice(chunk);
+            // Both layouts keep runs of four bytes together.
+            for (c, chunk) in block.chunks_exact(4).enumerate() {
+                let at = code_index(nb, bytes, o, b, c * 4);
+                out[at..at + 4].copy_from_slice(chunk);
             }
         }
     }
@@ -92,9 +100,9 @@ fn untiled_codes<T: Copy + Default>(n: usize, nb: usize, bytes: usize, tiled: &[
     let mut out = vec![T::default(); n * nb * bytes];
     for (o, row) in out.chunks_exact_mut(nb * bytes).enumerate() {
         for (b, block) in row.chunks_exact_mut(bytes).enumerate() {
-            for (c, chunk) in block.chunks_exact_mut(8).enumerate() {
-                let at = code_index(nb, bytes, o, b, c * 8);
-                chunk.copy_from_slice(&tiled[at..at + 8]);
+            for (c, chunk) in block.chunks_exact_mut(4).enumerate() {
+                let at = code_index(nb, bytes, o, b, c * 4);
+                chunk.copy_from_slice(&tiled[at..at + 4]);
             }
         }
     }
@@ -467,6 +475,9 @@ pub struct QuantActs {
     pub d: Vec<f32>,
     /// `d * sum(codes)` per (row, block): what multiplies a Q4 block's offset.
     pub s: Vec<f32>,
+    /// `d` with each scale repeated eight times: a vector the kernels multiply by straight from
+    /// memory (a broadcast would be an instruction of its own in the inner loop).
+    pub d8: Vec<f32>,
 }
 
 impl QuantActs {
@@ -480,6 +491,10 @@ impl QuantActs {
         self.d.resize(m * k / BLOCK, 0.0);
         self.s.resize(m * k / BLOCK, 0.0);
         quantize_rows(x, &mut self.qs, &mut self.d, &mut self.s);
+        self.d8.resize(self.d.len() * 8, 0.0);
+        for (v, &d) in self.d8.chunks_exact_mut(8).zip(&self.d) {
+            v.fill(d);
+        }
     }
 
     /// Code of value `j` of row `r`.
