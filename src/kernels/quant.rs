@@ -349,6 +349,14 @@ fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
     quantize_rows_portable(x, qs, d, s);
 }
 
+/// [`quantize_rows`] and the scales' broadcast copy for some whole rows.
+fn quantize_part(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], d8: &mut [f32]) {
+    quantize_rows(x, qs, d, s);
+    for (v, &d) in d8.chunks_exact_mut(8).zip(d.iter()) {
+        v.fill(d);
+    }
+}
+
 /// The quantization in plain code, for CPUs without AVX2 (where AVX2 exists, the explicit
 /// vector version below runs instead).
 fn quantize_rows_portable(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
@@ -462,6 +470,27 @@ mod tests {
         let last = &q1[x.len() - BLOCK..][..8];
         assert_eq!(last, &[127, 3, -4, 1, -1, 127, -2, 0]);
     }
+
+    #[test]
+    fn rows_split_over_threads_quantize_as_alone() {
+        // 16 x 576 values: enough to be split over the pool's threads (where it has two).
+        let (m, k) = (16, 576);
+        assert!(m * k >= crate::kernels::SPLIT_VALUES);
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / if i % 37 == 0 { 5.0 } else { 50.0 })
+            .collect();
+        let mut all = QuantActs::default();
+        all.quantize(&x, m, k);
+        let nb = k / BLOCK;
+        for r in 0..m {
+            let mut one = QuantActs::default();
+            one.quantize(&x[r * k..(r + 1) * k], 1, k);
+            assert_eq!(one.qs, all.qs[r * k..(r + 1) * k]);
+            assert_eq!(one.d, all.d[r * nb..(r + 1) * nb]);
+            assert_eq!(one.s, all.s[r * nb..(r + 1) * nb]);
+            assert_eq!(one.d8, all.d8[r * nb * 8..(r + 1) * nb * 8]);
+        }
+    }
 }
 
 /// m rows of activations quantized to int8 per 32 values, for a matmul with a (n, k) weight.
@@ -490,10 +519,19 @@ impl QuantActs {
         self.qs.resize(m * k, 0);
         self.d.resize(m * k / BLOCK, 0.0);
         self.s.resize(m * k / BLOCK, 0.0);
-        quantize_rows(x, &mut self.qs, &mut self.d, &mut self.s);
         self.d8.resize(self.d.len() * 8, 0.0);
-        for (v, &d) in self.d8.chunks_exact_mut(8).zip(&self.d) {
-            v.fill(d);
+        let rows = super::rows_per_task(m, k);
+        let nb = k / BLOCK;
+        if rows < m {
+            use rayon::prelude::*;
+            x.par_chunks(rows * k)
+                .zip(self.qs.par_chunks_mut(rows * k))
+                .zip(self.d.par_chunks_mut(rows * nb))
+                .zip(self.s.par_chunks_mut(rows * nb))
+                .zip(self.d8.par_chunks_mut(rows * nb * 8))
+                .for_each(|((((x, qs), d), s), d8)| quantize_part(x, qs, d, s, d8));
+        } else {
+            quantize_part(x, &mut self.qs, &mut self.d, &mut self.s, &mut self.d8);
         }
     }
 

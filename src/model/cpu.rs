@@ -376,8 +376,24 @@ multiversion! {
     }
 }
 
-/// `out = silu(gate) * up` for rows laid out as [gate | up].
+/// `out = silu(gate) * up` for rows laid out as [gate | up], rows split over the pool's threads
+/// when there are enough (see [`crate::kernels::rows_per_task`]).
 fn swiglu(gate_up: &[f32], ff: usize, out: &mut [f32]) {
+    use rayon::prelude::*;
+    let m = out.len() / ff;
+    let rows = crate::kernels::rows_per_task(m, 2 * ff);
+    if rows < m {
+        gate_up
+            .par_chunks(rows * 2 * ff)
+            .zip(out.par_chunks_mut(rows * ff))
+            .for_each(|(gate_up, out)| swiglu_rows(gate_up, ff, out));
+    } else {
+        swiglu_rows(gate_up, ff, out);
+    }
+}
+
+/// [`swiglu`] for one task's rows.
+fn swiglu_rows(gate_up: &[f32], ff: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::simd::has_avx2() {
         // SAFETY: AVX2 and FMA were detected.
@@ -454,5 +470,22 @@ mod tests {
         let (g, u) = (gate_up[3], gate_up[ff + 3]);
         let want = g as f64 / (1.0 + (-g as f64).exp()) * u as f64;
         assert!((b[3] as f64 - want).abs() <= 1e-5 * want.abs().max(1.0));
+    }
+
+    #[test]
+    fn swiglu_split_over_threads_matches_one_row_at_a_time() {
+        // 8 rows of gate and up of 600: enough values to be split (where the pool has two).
+        let (m, ff) = (8, 600);
+        assert!(m * 2 * ff >= crate::kernels::SPLIT_VALUES);
+        let gate_up: Vec<f32> = (0..m * 2 * ff)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.3)
+            .collect();
+        let mut all = vec![0f32; m * ff];
+        swiglu(&gate_up, ff, &mut all);
+        for r in 0..m {
+            let mut one = vec![0f32; ff];
+            swiglu(&gate_up[r * 2 * ff..(r + 1) * 2 * ff], ff, &mut one);
+            assert_eq!(one, all[r * ff..(r + 1) * ff]);
+        }
     }
 }
