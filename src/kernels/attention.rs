@@ -220,16 +220,13 @@ mod avx2 {
             .flat_map(|g| (0..m * rep).step_by(size).map(move |q0| (g, q0)))
             .collect();
         let run = |&(g, q0): &(usize, usize)| {
-            // Capture the Send wrapper whole, not its raw pointer field.
-            #[allow(clippy::redundant_locals)]
-            let ptr = ptr;
             let end = (q0 + size).min(m * rep);
             let base = g * capacity * hd;
             let row = |qi: usize| (q0 + qi) / rep;
             let head = |qi: usize| g * rep + (q0 + qi) % rep;
             let task = Task {
                 q: |qi: usize| q.as_ptr().add((head(qi) * m + row(qi)) * hd),
-                out: |qi: usize| ptr.0.add((row(qi) * heads + head(qi)) * hd),
+                out: |qi: usize| ptr.get().add((row(qi) * heads + head(qi)) * hd),
                 len: |qi: usize| offset + row(qi) + 1,
                 queries: end - q0,
                 keys: offset + (end - 1) / rep + 1,

@@ -42,9 +42,6 @@ pub fn matmul(w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
     let tasks = n.div_ceil(ROWS_PER_TASK);
     let avx2 = super::simd::has_avx2();
     let run = |t: usize| {
-        // Capture the Send wrapper whole, not its raw pointer field.
-        #[allow(clippy::redundant_locals)]
-        let ptr = ptr;
         let (start, end) = (t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(n));
         let mut tile = [[0f32; TILE]; CHUNK];
         // Tasks start at multiples of ROWS_PER_TASK, itself a multiple of TILE; rows past n in
@@ -74,7 +71,7 @@ pub fn matmul(w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
                     unsafe {
                         std::ptr::copy_nonoverlapping(
                             vals.as_ptr(),
-                            ptr.0.add((r0 + i) * n + o0),
+                            ptr.get().add((r0 + i) * n + o0),
                             cols,
                         )
                     };

@@ -154,6 +154,15 @@ pub struct SharedOut(pub *mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
+impl SharedOut {
+    /// The buffer's start. Closures call this instead of reading the field, so that they
+    /// capture the wrapper (Send and Sync), not the raw pointer inside it (which is neither).
+    #[inline(always)]
+    pub fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Eight f16 values at `p` as f32 lanes.
 ///
 /// # Safety
