@@ -270,7 +270,16 @@ mod avx2 {
             s.keys.resize(KEYS * hd, 0.0);
             s.scores.resize(s.scores.len().max(n * padded), 0.0);
             s.inv.resize(n, 0.0);
+            // Blocks ahead are hinted to L1: one token on a 1536-token cache measured 4 to 6% less
+            // attention time with the hints (calls alternating in one process), shorter caches
+            // and more tokens no different. Past the end they point nowhere, which a prefetch
+            // ignores (`wrapping_add` keeps the arithmetic defined).
+            let bytes = |rows: usize| rows * hd * std::mem::size_of::<T>();
             for j in (0..self.keys).step_by(KEYS) {
+                let ahead = (k.as_ptr() as *const i8).wrapping_add(bytes(j + 2 * KEYS));
+                for l in (0..bytes(KEYS)).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l));
+                }
                 let have = (self.keys - j).min(KEYS);
                 let scores = s.scores.as_mut_ptr().add(j);
                 if have == KEYS {
@@ -288,6 +297,10 @@ mod avx2 {
                 s.inv[qi] = softmax(&mut s.scores[qi * padded..][..(self.len)(qi)]);
             }
             for j in (0..self.keys).step_by(VALUES) {
+                let ahead = (v.as_ptr() as *const i8).wrapping_add(bytes(j + VALUES));
+                for l in (0..bytes(VALUES)).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l));
+                }
                 let have = (self.keys - j).min(VALUES);
                 let p = s.scores.as_ptr().add(j);
                 self.add::<T, HD>(j, have, v.as_ptr().add(j * hd), p, padded);
