@@ -333,7 +333,10 @@ pub fn forward_costs(engine: &Engine, cfg: &BenchConfig) -> Result<Vec<ForwardCo
         .collect();
     // Round-robin over the sizes, so that drift in the machine's speed lands on every size
     // alike instead of skewing the ratios between sizes measured minutes apart.
-    let mut times = vec![Vec::with_capacity(cfg.repetitions); sizes.len()];
+    let mut times: Vec<Vec<f64>> = sizes
+        .iter()
+        .map(|_| Vec::with_capacity(cfg.repetitions))
+        .collect();
     for rep in 0..cfg.repetitions + 2 {
         for (block, times) in blocks.iter().zip(&mut times) {
             cache.truncate(base);

@@ -160,8 +160,9 @@ multiversion! {
 /// block into an f32 buffer first made attention in the forward 10 to 30% slower at 8 to 16
 /// queries (the widening pass waited on the cache's lines, then its stores on the loads). Per
 /// query: each score a multiply-add chain over the head dimension whose lanes are folded by one
-/// fixed tree, a vector softmax, and each output column a chain over the keys in order. Nothing a query computes depends on which other queries, or how many
-/// rows, share its task: a block of tokens gets bit-identical results to one-token steps.
+/// fixed tree, a vector softmax, and each output column a chain over the keys in order. Nothing
+/// a query computes depends on which other queries, or how many rows, share its task: a block
+/// of tokens gets bit-identical results to one-token steps.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
