@@ -148,6 +148,46 @@ pub struct ForwardCost {
     pub ratio: f64,
 }
 
+/// Vector instructions per cycle that the kernel threads got while the benchmark ran
+/// ([`crate::vector_probe`]; about 3.4 on a Zen 3 core to itself): before each prompt and each
+/// round of forward costs, the lower of the threads' rates. Lower figures mean a neighbour
+/// shared the cores and every forward ran slower; a wide range means that changed during the
+/// run, which can skew ratios between sizes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VectorProbe {
+    /// Median over the samples.
+    pub ops_per_cycle: f64,
+    pub min: f64,
+    pub max: f64,
+    pub samples: usize,
+}
+
+impl VectorProbe {
+    fn summarize(mut samples: Vec<f64>) -> Option<Self> {
+        samples.sort_by(f64::total_cmp);
+        Some(VectorProbe {
+            ops_per_cycle: *samples.get(samples.len() / 2)?,
+            min: samples[0],
+            max: samples[samples.len() - 1],
+            samples: samples.len(),
+        })
+    }
+}
+
+/// One probe on every kernel thread at once (the forward uses them all); the slowest thread's
+/// rate, or `None` off the CPU or without a probe for this one.
+fn probe_kernel_threads(engine: &Engine) -> Option<f64> {
+    if engine.info().device != "cpu" {
+        return None;
+    }
+    crate::kernels::pool()
+        .broadcast(|_| crate::vector_probe::ops_per_cycle())
+        .into_iter()
+        .collect::<Option<Vec<f64>>>()?
+        .into_iter()
+        .reduce(f64::min)
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchReport {
     pub model: String,
@@ -160,6 +200,9 @@ pub struct BenchReport {
     pub accuracy: Option<Accuracy>,
     pub cache_tokens: usize,
     pub threads: usize,
+    /// `None` on CPUs the probe has no loop for (and in reports written before it existed).
+    #[serde(default)]
+    pub vector_probe: Option<VectorProbe>,
 }
 
 /// What one decoder did over all prompts.
@@ -211,7 +254,9 @@ pub fn run(engine: &Engine, cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> Res
         },
     };
     engine.generate(&warm, &CancelToken::new(), |_| {})?;
+    let mut probes = Vec::new();
     for (p, prompt) in requests.iter().enumerate() {
+        probes.extend(probe_kernel_threads(engine));
         for (mode, total) in modes.iter().zip(&mut totals) {
             let req = GenerateRequest {
                 prompt: prompt.clone(),
@@ -276,7 +321,7 @@ pub fn run(engine: &Engine, cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> Res
         total: scored.1,
         rate: scored.0 as f64 / scored.1 as f64,
     });
-    let forward_cost = forward_costs(engine, cfg)?;
+    let forward_cost = forward_costs(engine, cfg, &mut probes)?;
     for c in &forward_cost {
         log(&format!(
             "forward m={:>2}: {:.2} ms (x{:.2})",
@@ -300,12 +345,18 @@ pub fn run(engine: &Engine, cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> Res
         threads: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
+        vector_probe: VectorProbe::summarize(probes),
     })
 }
 
 /// Median time of one forward of m tokens (logits for all of them) on a cache holding
-/// `cache_tokens` positions.
-pub fn forward_costs(engine: &Engine, cfg: &BenchConfig) -> Result<Vec<ForwardCost>> {
+/// `cache_tokens` positions. A [`probe_kernel_threads`] sample before each round goes to
+/// `probes`.
+pub fn forward_costs(
+    engine: &Engine,
+    cfg: &BenchConfig,
+    probes: &mut Vec<f64>,
+) -> Result<Vec<ForwardCost>> {
     let model = engine.model();
     let context = model.config().context_length;
     let vocab = model.config().vocab_size as u32;
@@ -338,6 +389,9 @@ pub fn forward_costs(engine: &Engine, cfg: &BenchConfig) -> Result<Vec<ForwardCo
         .map(|_| Vec::with_capacity(cfg.repetitions))
         .collect();
     for rep in 0..cfg.repetitions + 2 {
+        if rep >= 2 {
+            probes.extend(probe_kernel_threads(engine));
+        }
         for (block, times) in blocks.iter().zip(&mut times) {
             cache.truncate(base);
             let t = Instant::now();

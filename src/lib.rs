@@ -30,6 +30,7 @@ pub mod model_store;
 pub mod testing;
 pub mod tokenizer;
 pub mod train;
+pub mod vector_probe;
 
 pub use decode::{
     BlockSpec, CancelToken, DecodeEvent, DecodeOptions, Generation, Iteration, Mode, Sampling,

@@ -538,6 +538,14 @@ fn bench(args: BenchArgs) -> Result<()> {
             c.m, c.ms, c.min_ms, c.max_ms, c.ratio
         );
     }
+    if let Some(p) = &report.vector_probe {
+        println!(
+            "\nvector instructions per cycle on the kernel threads: {:.1} (min {:.1}, max {:.1}, \
+             {} samples). A Zen 3 core to itself runs about 3.4; less means a neighbour shared \
+             the core and every forward ran slower (BENCHMARKS.md)",
+            p.ops_per_cycle, p.min, p.max, p.samples
+        );
+    }
     Ok(())
 }
 
