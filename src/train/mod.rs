@@ -9,6 +9,7 @@ pub mod adamw;
 pub mod batch;
 pub mod checkpoint;
 pub mod dataset;
+pub mod fake_quant;
 pub mod job;
 pub mod llama;
 pub mod loss;

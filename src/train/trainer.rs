@@ -50,6 +50,10 @@ pub struct TrainSettings {
     pub max_len: usize,
     pub checkpoint_every: usize,
     pub seed: u64,
+    /// Train for the CPU kernels: the forward rounds weights and activations as they will
+    /// round them once deployed (see `fake_quant`). Off in runs saved before it existed.
+    #[serde(default)]
+    pub quant_aware: bool,
 }
 
 impl TrainSettings {
@@ -72,6 +76,7 @@ impl TrainSettings {
             max_len: 256,
             checkpoint_every: 50,
             seed: 0,
+            quant_aware: false,
         }
     }
 
@@ -248,10 +253,11 @@ pub fn train(
         ));
     }
     let Prepared {
-        model,
+        mut model,
         tokenizer,
         data,
     } = prepare(&settings.model, &settings.data, settings.block)?;
+    model.set_quant_aware(settings.quant_aware);
     if settings.max_len <= data.block {
         return Err(Error::Training(format!(
             "max length {} leaves no room for a prompt before a block of {}",
@@ -463,8 +469,11 @@ pub struct Profile {
 
 pub fn profile(settings: &TrainSettings, steps: usize) -> Result<Profile> {
     let Prepared {
-        model, mut data, ..
+        mut model,
+        mut data,
+        ..
     } = prepare(&settings.model, &settings.data, settings.block)?;
+    model.set_quant_aware(settings.quant_aware);
     // The longest prompts first: the measurement is of full-length sequences.
     data.records
         .sort_by_key(|r| std::cmp::Reverse(r.prompt().len()));
