@@ -9,7 +9,6 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 
-use super::fake_quant::FakeQuant;
 use crate::error::{Error, Result};
 use crate::model::Config;
 
@@ -43,8 +42,6 @@ pub struct TrainLlama {
     sin: Tensor,
     /// Every `Var` with its Hugging Face name, in a fixed order (checkpoints, the optimizer).
     params: Vec<(String, Var)>,
-    /// Round weights and the matmuls' inputs as the CPU kernels will ([`FakeQuant`]).
-    quant_aware: bool,
 }
 
 impl TrainLlama {
@@ -130,33 +127,7 @@ impl TrainLlama {
             norm,
             lm_head,
             params,
-            quant_aware: false,
         })
-    }
-
-    /// Trains for the CPU kernels: every matmul of the forward sees its weight and its input
-    /// rounded as they will be once deployed ([`FakeQuant`]); gradients pass through.
-    pub fn set_quant_aware(&mut self, on: bool) {
-        self.quant_aware = on;
-    }
-
-    /// A matmul's input, rounded as the kernels will round it when quantization-aware.
-    fn input(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if self.quant_aware {
-            FakeQuant::Acts.apply(x)
-        } else {
-            Ok(x.clone())
-        }
-    }
-
-    /// `x @ w` for `w` stored (in, out), the weight rounded as the kernels will round it when
-    /// quantization-aware; `x` comes through [`Self::input`].
-    fn linear(&self, x: &Tensor, w: &Var) -> candle_core::Result<Tensor> {
-        if self.quant_aware {
-            x.matmul(&FakeQuant::Weight.apply(w.as_tensor())?)
-        } else {
-            x.matmul(w.as_tensor())
-        }
     }
 
     pub fn config(&self) -> &Config {
@@ -226,12 +197,10 @@ impl TrainLlama {
 
     /// Logits, (rows, vocab), of hidden states (rows, hidden).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let hidden = self.input(hidden)?;
         match &self.lm_head {
-            Some(w) => Ok(self.linear(&hidden, w)?),
+            Some(w) => Ok(hidden.matmul(w.as_tensor())?),
             // The frozen, tied head: candle would also compute the (vocab x hidden) gradient of
-            // the embedding, never used, every step. Its weights are the file's (a Q8_0 GGUF
-            // embedding dequantized), which the kernels use as stored.
+            // the embedding, never used, every step.
             None => Ok(hidden.apply_op1(FrozenHead(self.embed_tokens.clone()))?),
         }
     }
@@ -249,10 +218,10 @@ impl TrainLlama {
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         let eps = cfg.rms_norm_eps;
 
-        let h = self.input(&rms_norm(x, l.input_layernorm.as_tensor(), eps)?)?;
+        let h = rms_norm(x, l.input_layernorm.as_tensor(), eps)?;
         // (t, heads * hd) -> (heads, t, hd)
         let heads = |w: &Var, n: usize| -> candle_core::Result<Tensor> {
-            self.linear(&h, w)?.reshape((t, n, hd))?.transpose(0, 1)
+            linear(&h, w)?.reshape((t, n, hd))?.transpose(0, 1)
         };
         let q = rope(&heads(&l.q_proj, nh)?, cos, sin)?;
         let k = rope(&heads(&l.k_proj, nkv)?, cos, sin)?;
@@ -262,14 +231,19 @@ impl TrainLlama {
         let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(mask)?;
         let attn = softmax_last(&scores)?.matmul(&v.contiguous()?)?;
         let attn = attn.transpose(0, 1)?.reshape((t, nh * hd))?;
-        let x = (x + self.linear(&self.input(&attn)?, &l.o_proj)?)?;
+        let x = (x + linear(&attn, &l.o_proj)?)?;
 
-        let h = self.input(&rms_norm(&x, l.post_attention_layernorm.as_tensor(), eps)?)?;
-        let gate = self.linear(&h, &l.gate_proj)?;
-        let up = self.linear(&h, &l.up_proj)?;
-        let mlp = self.linear(&self.input(&(gate.silu()? * up)?)?, &l.down_proj)?;
+        let h = rms_norm(&x, l.post_attention_layernorm.as_tensor(), eps)?;
+        let gate = linear(&h, &l.gate_proj)?;
+        let up = linear(&h, &l.up_proj)?;
+        let mlp = linear(&(gate.silu()? * up)?, &l.down_proj)?;
         x + mlp
     }
+}
+
+/// `x @ w` for `w` stored (in, out).
+fn linear(x: &Tensor, w: &Var) -> candle_core::Result<Tensor> {
+    x.matmul(w.as_tensor())
 }
 
 /// `h @ E^T` for a frozen E (vocab, hidden): the gradient flows to `h` only.

@@ -9,7 +9,6 @@ pub mod adamw;
 pub mod batch;
 pub mod checkpoint;
 pub mod dataset;
-pub mod fake_quant;
 pub mod job;
 pub mod llama;
 pub mod loss;

@@ -50,10 +50,6 @@ pub struct TrainSettings {
     pub max_len: usize,
     pub checkpoint_every: usize,
     pub seed: u64,
-    /// Train for the CPU kernels: the forward rounds weights and activations as they will
-    /// round them once deployed (see `fake_quant`). Off in runs saved before it existed.
-    #[serde(default)]
-    pub quant_aware: bool,
 }
 
 impl TrainSettings {
@@ -76,7 +72,6 @@ impl TrainSettings {
             max_len: 256,
             checkpoint_every: 50,
             seed: 0,
-            quant_aware: false,
         }
     }
 
@@ -253,11 +248,10 @@ pub fn train(
         ));
     }
     let Prepared {
-        mut model,
+        model,
         tokenizer,
         data,
     } = prepare(&settings.model, &settings.data, settings.block)?;
-    model.set_quant_aware(settings.quant_aware);
     if settings.max_len <= data.block {
         return Err(Error::Training(format!(
             "max length {} leaves no room for a prompt before a block of {}",
@@ -469,11 +463,8 @@ pub struct Profile {
 
 pub fn profile(settings: &TrainSettings, steps: usize) -> Result<Profile> {
     let Prepared {
-        mut model,
-        mut data,
-        ..
+        model, mut data, ..
     } = prepare(&settings.model, &settings.data, settings.block)?;
-    model.set_quant_aware(settings.quant_aware);
     // The longest prompts first: the measurement is of full-length sequences.
     data.records
         .sort_by_key(|r| std::cmp::Reverse(r.prompt().len()));

@@ -177,11 +177,6 @@ pub struct TrainArgs {
     clip: Option<f64>,
     #[arg(long)]
     seed: Option<u64>,
-    /// Train for the CPU kernels: the forward sees weights and activations rounded to 8 bits
-    /// as the kernels round them once the model is deployed, so that less of what training
-    /// learns is lost there (quantization-aware training, straight-through gradients).
-    #[arg(long)]
-    quant_aware: bool,
     /// Continue the training in --out from its last checkpoint, with its saved settings.
     #[arg(long)]
     resume: bool,
@@ -215,7 +210,6 @@ impl TrainArgs {
         check(self.warmup.is_some(), "--warmup");
         check(self.clip.is_some(), "--clip");
         check(self.seed.is_some(), "--seed");
-        check(self.quant_aware, "--quant-aware");
         given
     }
 
@@ -240,7 +234,6 @@ impl TrainArgs {
         s.warmup = self.warmup.unwrap_or(s.warmup);
         s.clip = self.clip.unwrap_or(s.clip);
         s.seed = self.seed.unwrap_or(s.seed);
-        s.quant_aware = self.quant_aware;
         if !(s.lr > 0.0 && s.lr.is_finite()) || !(s.epochs > 0.0) || !(0.0..1.0).contains(&s.warmup)
         {
             bail!("--lr and --epochs must be positive and --warmup in [0, 1)");
