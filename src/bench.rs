@@ -146,6 +146,10 @@ pub struct ForwardCost {
     pub max_ms: f64,
     /// `ms / ms(m = 1)`.
     pub ratio: f64,
+    /// The median over rounds of this size's time over m = 1's in the same round: steadier than
+    /// `ratio` when the machine's speed changes during the run (see [`VectorProbe`]).
+    #[serde(default)]
+    pub round_ratio: f64,
 }
 
 /// Vector instructions per cycle that the kernel threads got while the benchmark ran
@@ -401,15 +405,23 @@ pub fn forward_costs(
             }
         }
     }
+    let ones = sizes.iter().position(|&m| m == 1).map(|i| times[i].clone());
     let mut out: Vec<ForwardCost> = Vec::new();
-    for (&m, mut times) in sizes.iter().zip(times) {
-        times.sort_by(f64::total_cmp);
+    for (&m, times) in sizes.iter().zip(times) {
+        // Each round's forwards ran back to back, so their ratio shares one state of the machine.
+        let round_ratio = match &ones {
+            Some(ones) => median(times.iter().zip(ones).map(|(t, one)| t / one).collect()),
+            None => f64::NAN,
+        };
+        let mut sorted = times;
+        sorted.sort_by(f64::total_cmp);
         out.push(ForwardCost {
             m,
-            ms: times[times.len() / 2],
-            min_ms: times[0],
-            max_ms: times[times.len() - 1],
+            ms: sorted[sorted.len() / 2],
+            min_ms: sorted[0],
+            max_ms: sorted[sorted.len() - 1],
             ratio: 0.0,
+            round_ratio,
         });
     }
     let one = out
@@ -421,6 +433,11 @@ pub fn forward_costs(
         c.ratio = c.ms / one;
     }
     Ok(out)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 #[cfg(test)]

@@ -2,17 +2,18 @@
 //!
 //! On a shared host (a cloud VM whose cores are hyperthreads of the host's, or a desktop busy
 //! with other work) a neighbour on the same physical core takes a share of its vector pipes,
-//! and every forward slows down with it. A clock measured with scalar adds does not show
-//! this: a chain of dependent adds runs at one per cycle next to almost anything. A benchmark
-//! should say how much of the core it had, so that its figures can be compared with another
-//! run's.
+//! and every forward slows down with it, the compute-bound forwards of many tokens most. A
+//! clock measured with scalar adds does not show this: a chain of dependent adds runs at one
+//! per cycle next to almost anything. A benchmark should say how much of the core it had, so
+//! that its figures can be compared with another run's.
 //!
 //! The probe times a loop of the matmul's two most frequent instructions (`vpmaddubsw` and
 //! `vpaddw`, independent of each other) against a chain of dependent scalar adds, in slices
 //! taken in turn so that both see the same neighbours, and returns vector instructions per
 //! cycle. A Zen 3 core to itself runs about 3.4. On this project's build machine it read about
-//! 1.7 for most of an hour, while forwards took a third longer than in a run where it read
-//! 3.45 (BENCHMARKS.md).
+//! 1.7 for most of an hour; then one-token forwards took up to 30% longer than in runs where it
+//! read 3.4, 8-token ones 35 to 75% longer, and cost(8)/cost(1) read 2.5 to 3.0 instead of 2.0
+//! to 2.2 (BENCHMARKS.md).
 
 /// Vector instructions per cycle on the calling thread, over about 3 ms; `None` where the probe
 /// has no loop (CPUs without AVX2).

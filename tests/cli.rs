@@ -433,6 +433,8 @@ fn bench_reports_ar_jacobi_and_the_forward_cost_curve() {
         .collect();
     assert_eq!(ms, vec![1, 2, 8]);
     assert_eq!(r["forward_cost"][0]["ratio"], 1.0);
+    assert_eq!(r["forward_cost"][0]["round_ratio"], 1.0);
+    assert!(r["forward_cost"][2]["round_ratio"].as_f64().unwrap() > 0.0);
     // A sample before each prompt and each timed round of forward costs.
     if cfg!(target_arch = "x86_64") && fixpoint::vector_probe::ops_per_cycle().is_some() {
         let probe = &r["vector_probe"];

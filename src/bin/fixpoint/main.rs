@@ -529,20 +529,20 @@ fn bench(args: BenchArgs) -> Result<()> {
         report.cache_tokens, args.repetitions
     );
     println!(
-        "{:>4} {:>9} {:>9} {:>9} {:>9}",
-        "m", "ms", "min", "max", "cost/c1"
+        "{:>4} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "m", "ms", "min", "max", "cost/c1", "per round"
     );
     for c in &report.forward_cost {
         println!(
-            "{:>4} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
-            c.m, c.ms, c.min_ms, c.max_ms, c.ratio
+            "{:>4} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            c.m, c.ms, c.min_ms, c.max_ms, c.ratio, c.round_ratio
         );
     }
     if let Some(p) = &report.vector_probe {
         println!(
             "\nvector instructions per cycle on the kernel threads: {:.1} (min {:.1}, max {:.1}, \
              {} samples). A Zen 3 core to itself runs about 3.4; less means a neighbour shared \
-             the core and every forward ran slower (BENCHMARKS.md)",
+             the core and every forward ran slower, large m most (BENCHMARKS.md)",
             p.ops_per_cycle, p.min, p.max, p.samples
         );
     }
