@@ -167,13 +167,33 @@ pub struct VectorProbe {
 }
 
 impl VectorProbe {
-    fn summarize(mut samples: Vec<f64>) -> Option<Self> {
-        samples.sort_by(f64::total_cmp);
+    fn summarize(samples: Vec<f64>) -> Option<Self> {
+        let n = samples.len();
+        let s = Spread::of(samples)?;
         Some(VectorProbe {
-            ops_per_cycle: *samples.get(samples.len() / 2)?,
-            min: samples[0],
-            max: samples[samples.len() - 1],
-            samples: samples.len(),
+            ops_per_cycle: s.median,
+            min: s.min,
+            max: s.max,
+            samples: n,
+        })
+    }
+}
+
+/// Median, min and max of some measurements.
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    /// `None` for no measurements.
+    fn of(mut values: Vec<f64>) -> Option<Self> {
+        values.sort_by(f64::total_cmp);
+        Some(Spread {
+            median: *values.get(values.len() / 2)?,
+            min: values[0],
+            max: values[values.len() - 1],
         })
     }
 }
@@ -409,17 +429,18 @@ pub fn forward_costs(
     let mut out: Vec<ForwardCost> = Vec::new();
     for (&m, times) in sizes.iter().zip(times) {
         // Each round's forwards ran back to back, so their ratio shares one state of the machine.
-        let round_ratio = match &ones {
-            Some(ones) => median(times.iter().zip(ones).map(|(t, one)| t / one).collect()),
-            None => f64::NAN,
+        let round_ratio = ones
+            .as_ref()
+            .and_then(|ones| Spread::of(times.iter().zip(ones).map(|(t, one)| t / one).collect()))
+            .map_or(f64::NAN, |s| s.median);
+        let Some(spread) = Spread::of(times) else {
+            continue;
         };
-        let mut sorted = times;
-        sorted.sort_by(f64::total_cmp);
         out.push(ForwardCost {
             m,
-            ms: sorted[sorted.len() / 2],
-            min_ms: sorted[0],
-            max_ms: sorted[sorted.len() - 1],
+            ms: spread.median,
+            min_ms: spread.min,
+            max_ms: spread.max,
             ratio: 0.0,
             round_ratio,
         });
@@ -433,11 +454,6 @@ pub fn forward_costs(
         c.ratio = c.ms / one;
     }
     Ok(out)
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 #[cfg(test)]
