@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::decode::{BlockSpec, CancelToken, DecodeOptions, Mode};
+use crate::decode::{BlockSpec, CancelToken, DecodeOptions, Guesses, Mode};
 use crate::engine::{Engine, GenerateRequest, Prompt};
 use crate::error::{Error, Result};
 use crate::model::Logits;
@@ -218,6 +218,10 @@ pub struct BenchReport {
     pub prompts: usize,
     pub max_tokens: usize,
     pub ar: ArResult,
+    /// Where the Jacobi decoders took their guesses from (reports written before the choice
+    /// existed used the model's own predictions and random tokens).
+    #[serde(default = "jacobi_guesses")]
+    pub guesses: Guesses,
     pub jacobi: Vec<JacobiResult>,
     pub forward_cost: Vec<ForwardCost>,
     /// Of the greedy (AR) answers, on prompts with a reference answer.
@@ -227,6 +231,10 @@ pub struct BenchReport {
     /// `None` on CPUs the probe has no loop for (and in reports written before it existed).
     #[serde(default)]
     pub vector_probe: Option<VectorProbe>,
+}
+
+fn jacobi_guesses() -> Guesses {
+    Guesses::Jacobi
 }
 
 /// What one decoder did over all prompts.
@@ -251,6 +259,8 @@ pub struct BenchConfig {
     pub references: Vec<Option<String>>,
     pub max_tokens: usize,
     pub blocks: Vec<BlockSpec>,
+    /// Where the Jacobi decoders take their guesses from.
+    pub guesses: Guesses,
     pub cost_sizes: Vec<usize>,
     pub cache_tokens: usize,
     pub repetitions: usize,
@@ -287,6 +297,7 @@ pub fn run(engine: &Engine, cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> Res
                 options: DecodeOptions {
                     mode: *mode,
                     max_tokens: cfg.max_tokens,
+                    guesses: cfg.guesses,
                     ..Default::default()
                 },
             };
@@ -362,6 +373,7 @@ pub fn run(engine: &Engine, cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> Res
             forward_passes: ar.passes,
             decode_ms: ar.ms,
         },
+        guesses: cfg.guesses,
         jacobi,
         forward_cost,
         accuracy,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::decode::block_size::AutoBlock;
+use crate::decode::block_size::BlockTuner;
 use crate::decode::{self, CancelToken, DecodeEvent, DecodeOptions, Generation};
 use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
@@ -61,7 +61,7 @@ pub struct Engine {
     tokenizer: Tokenizer,
     info: ModelInfo,
     /// What `--block auto` learned about this model on this machine, kept across generations.
-    tuner: std::sync::Mutex<AutoBlock>,
+    tuner: std::sync::Mutex<BlockTuner>,
 }
 
 impl Engine {
@@ -122,7 +122,7 @@ impl Engine {
             model,
             tokenizer,
             info,
-            tuner: std::sync::Mutex::new(AutoBlock::new(crate::decode::AUTO_MAX_BLOCK)),
+            tuner: std::sync::Mutex::new(BlockTuner::new(crate::decode::AUTO_MAX_BLOCK)),
         }
     }
 

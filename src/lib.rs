@@ -33,8 +33,8 @@ pub mod train;
 pub mod vector_probe;
 
 pub use decode::{
-    BlockSpec, CancelToken, DecodeEvent, DecodeOptions, Generation, Iteration, Mode, Sampling,
-    StopReason,
+    BlockSpec, CancelToken, DecodeEvent, DecodeOptions, Generation, Guesses, Iteration, Mode,
+    Sampling, StopReason,
 };
 pub use device::DeviceChoice;
 pub use engine::{Engine, GenerateRequest, LoadOptions, ModelInfo, Prompt};

@@ -5,7 +5,8 @@ use std::path::Path;
 use candle_core::Device;
 use fixpoint::testing::{tiny_tokenizer, TinySpec};
 use fixpoint::{
-    CancelToken, DecodeOptions, Engine, GenerateRequest, LoadOptions, Message, Mode, Prompt,
+    CancelToken, DecodeEvent, DecodeOptions, Engine, GenerateRequest, Guesses, Iteration,
+    LoadOptions, Message, Mode, Prompt,
 };
 use proptest::prelude::*;
 
@@ -27,18 +28,37 @@ fn run(
     max_tokens: usize,
     seed: u64,
 ) -> fixpoint::Generation {
+    run_guessing(engine, prompt, mode, Guesses::default(), max_tokens, seed).0
+}
+
+/// A generation and its Jacobi iterations.
+fn run_guessing(
+    engine: &Engine,
+    prompt: &Prompt,
+    mode: Mode,
+    guesses: Guesses,
+    max_tokens: usize,
+    seed: u64,
+) -> (fixpoint::Generation, Vec<Iteration>) {
     let request = GenerateRequest {
         prompt: prompt.clone(),
         options: DecodeOptions {
             mode,
             max_tokens,
             seed,
+            guesses,
             ..Default::default()
         },
     };
-    engine
-        .generate(&request, &CancelToken::new(), |_| {})
-        .expect("generation succeeds")
+    let mut iterations = Vec::new();
+    let g = engine
+        .generate(&request, &CancelToken::new(), |e| {
+            if let DecodeEvent::Iteration(it) = e {
+                iterations.push(it);
+            }
+        })
+        .expect("generation succeeds");
+    (g, iterations)
 }
 
 proptest! {
@@ -53,6 +73,7 @@ proptest! {
         max_tokens in 1usize..=200,
         prompt in "[a-z ]{1,40}",
         fast in any::<bool>(),
+        context_guesses in any::<bool>(),
     ) {
         let spec = TinySpec {
             seed,
@@ -63,7 +84,9 @@ proptest! {
         let engine = tiny_engine(&spec, fast);
         let prompt = Prompt::Raw(prompt);
         let ar = run(&engine, &prompt, Mode::Autoregressive, max_tokens, seed);
-        let jacobi = run(&engine, &prompt, Mode::Jacobi(block), max_tokens, seed);
+        let guesses = if context_guesses { Guesses::Context } else { Guesses::Jacobi };
+        let (jacobi, _) =
+            run_guessing(&engine, &prompt, Mode::Jacobi(block), guesses, max_tokens, seed);
         prop_assert_eq!(&jacobi.token_ids, &ar.token_ids);
         prop_assert_eq!(jacobi.stop_reason, ar.stop_reason);
         prop_assert!(jacobi.forward_passes <= ar.forward_passes.max(1));
@@ -93,6 +116,48 @@ fn every_pass_fixes_at_least_one_token() {
         .unwrap();
     assert_eq!(accepted.len(), out.forward_passes);
     assert!(accepted.iter().all(|&a| a >= 1));
+}
+
+/// A pass that guessed from the context reports a match that is really there: the last
+/// `context_match` tokens before the block's guesses occurred earlier, followed by the first
+/// guess. And the output is still the greedy one.
+#[test]
+fn context_guesses_continue_a_real_earlier_match() {
+    let mut with_matches = 0;
+    for seed in 0..6 {
+        let engine = tiny_engine(
+            &TinySpec {
+                seed,
+                ..Default::default()
+            },
+            true,
+        );
+        let prompt = Prompt::Raw("the cat sat on the mat and the cat".into());
+        let ar = run(&engine, &prompt, Mode::Autoregressive, 120, 0);
+        let (jacobi, iterations) =
+            run_guessing(&engine, &prompt, Mode::Jacobi(6), Guesses::Context, 120, 0);
+        assert_eq!(jacobi.token_ids, ar.token_ids, "seed {seed}");
+        let prompt_ids = engine.prompt_ids(&prompt).unwrap();
+        for it in iterations.iter().filter(|it| it.context_match > 0) {
+            with_matches += 1;
+            // The context up to and including the block's first (known) token.
+            let mut context = prompt_ids.clone();
+            context.extend(&ar.token_ids[..=it.block_start]);
+            let c = it.context_match;
+            let suffix = &context[context.len() - c..];
+            let found = (0..context.len() - c)
+                .rev()
+                .find(|&s| &context[s..s + c] == suffix)
+                .expect("the reported match occurs earlier");
+            assert_eq!(
+                it.before[1],
+                context[found + c],
+                "seed {seed}, pass {}",
+                it.index
+            );
+        }
+    }
+    assert!(with_matches > 0, "no pass guessed from the context");
 }
 
 /// The real default model, when it is installed (CI fetches it first).
@@ -130,4 +195,19 @@ fn jacobi_equals_greedy_on_the_default_model() {
             jacobi.tokens_per_iteration
         );
     }
+    // Answers repeat their question's words and numbers: guesses copied from the context fix
+    // more tokens per pass than a plain model's own Jacobi guesses, and change nothing.
+    let prompt = Prompt::Chat(vec![Message::user(prompts[0])]);
+    let ar = run(&engine, &prompt, Mode::Autoregressive, 256, 0);
+    let per_pass = |guesses| {
+        let (g, _) = run_guessing(&engine, &prompt, Mode::Jacobi(4), guesses, 256, 0);
+        assert_eq!(g.token_ids, ar.token_ids, "{guesses:?}");
+        g.tokens_per_iteration
+    };
+    let (context, own) = (per_pass(Guesses::Context), per_pass(Guesses::Jacobi));
+    eprintln!("block 4: {context:.2} tokens/pass guessing from the context, {own:.2} without");
+    assert!(
+        context > own + 0.2,
+        "{context:.2} vs {own:.2} tokens per pass"
+    );
 }

@@ -51,6 +51,8 @@ pub struct IterationView {
     pub accepted: usize,
     pub new_tokens: usize,
     pub known_correct: usize,
+    /// Length of the context match the guesses were copied after (0: the model's own).
+    pub context_match: usize,
     pub ms: f64,
 }
 
@@ -71,6 +73,7 @@ impl IterationView {
             accepted: it.accepted,
             new_tokens: it.new_tokens,
             known_correct: it.known_correct,
+            context_match: it.context_match,
             ms: it.ms,
         }
     }

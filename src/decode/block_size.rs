@@ -146,6 +146,47 @@ impl AutoBlock {
     }
 }
 
+/// One [`AutoBlock`] per kind of guess, because each kind has its own best block size: guesses
+/// copied after a 4-token match of the context are right far more often than the model's own
+/// Jacobi guesses, which on a plain model almost never pay for a block larger than one.
+#[derive(Debug, Clone)]
+pub struct BlockTuner {
+    /// Index 0: the model's own guesses; index m: guesses copied after an m-token match.
+    by_guess: Vec<AutoBlock>,
+}
+
+impl BlockTuner {
+    pub fn new(max: usize) -> Self {
+        Self {
+            by_guess: vec![AutoBlock::new(max); super::lookup::MAX_MATCH + 1],
+        }
+    }
+
+    pub fn max(&self) -> usize {
+        self.by_guess[0].max()
+    }
+
+    /// Starts a new generation: usage counts restart, what was learned stays.
+    pub fn begin(&mut self) {
+        self.by_guess.iter_mut().for_each(AutoBlock::begin);
+    }
+
+    /// The chooser for passes whose guesses were copied after a `matched`-token match of the
+    /// context (0: the model's own guesses).
+    pub fn for_guess(&mut self, matched: usize) -> &mut AutoBlock {
+        let i = matched.min(self.by_guess.len() - 1);
+        &mut self.by_guess[i]
+    }
+
+    /// The size used most often so far, over all kinds of guess.
+    pub fn most_used(&self) -> usize {
+        let first = &self.by_guess[0];
+        let uses = |i: usize| self.by_guess.iter().map(|a| a.uses[i]).sum::<usize>();
+        let i = (0..first.sizes.len()).max_by_key(|&i| uses(i)).unwrap_or(0);
+        first.sizes[i]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

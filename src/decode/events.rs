@@ -31,6 +31,10 @@ pub struct Iteration {
     pub new_tokens: usize,
     /// Positions of `after` that are known correct now (`accepted + 1`, capped at the block).
     pub known_correct: usize,
+    /// Length of the context match whose continuation supplied the guesses (`before[1..]`); 0
+    /// when they were the previous pass's predictions and random context tokens.
+    #[serde(default)]
+    pub context_match: usize,
     /// Positions whose token did not change in this pass.
     pub unchanged: Vec<bool>,
     /// Wall time of the forward pass.

@@ -7,31 +7,43 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 use rand::Rng;
 
-use super::block_size::AutoBlock;
+use serde::{Deserialize, Serialize};
+
+use super::block_size::BlockTuner;
 use super::events::{DecodeEvent, Iteration, StopReason};
+use super::lookup::ContextLookup;
 use super::output::{CancelToken, Output};
 use super::Progress;
 use crate::error::Result;
 use crate::model::{argmax_rows, KvCache, Logits, Transformer};
 
-/// The block size of each pass: fixed, or chosen as decoding goes ([`AutoBlock`]).
+/// The block size of each pass: fixed, or chosen as decoding goes, per kind of guess
+/// ([`BlockTuner`]).
 #[derive(Debug)]
 pub enum BlockSizer<'a> {
     Fixed(usize),
-    Auto(&'a mut AutoBlock),
+    Auto(&'a mut BlockTuner),
 }
 
 impl BlockSizer<'_> {
-    fn choose(&mut self) -> usize {
+    /// The largest block it can choose.
+    fn max(&self) -> usize {
         match self {
             BlockSizer::Fixed(n) => *n,
-            BlockSizer::Auto(a) => a.choose(),
+            BlockSizer::Auto(a) => a.max(),
         }
     }
 
-    fn observe(&mut self, n: usize, tokens: usize, ms: f64) {
+    fn choose(&mut self, matched: usize) -> usize {
+        match self {
+            BlockSizer::Fixed(n) => *n,
+            BlockSizer::Auto(a) => a.for_guess(matched).choose(),
+        }
+    }
+
+    fn observe(&mut self, matched: usize, n: usize, tokens: usize, ms: f64) {
         if let BlockSizer::Auto(a) = self {
-            a.observe(n, tokens, ms);
+            a.for_guess(matched).observe(n, tokens, ms);
         }
     }
 
@@ -41,6 +53,53 @@ impl BlockSizer<'_> {
             BlockSizer::Fixed(n) => *n,
             BlockSizer::Auto(a) => a.most_used(),
         }
+    }
+}
+
+/// Where a block's guesses come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guesses {
+    /// What followed the latest earlier occurrence of the context's last tokens
+    /// ([`ContextLookup`]) when there is one and such guesses have been right more often than
+    /// the model's own; otherwise as `Jacobi`.
+    #[default]
+    Context,
+    /// The previous pass's predictions, then tokens drawn at random from the context: the
+    /// reference algorithm.
+    Jacobi,
+}
+
+/// How often each source's guesses turned out right, scored on every pass where both had some:
+/// the leading guesses that matched what the pass proved correct (for the source not used, a
+/// lower bound, since the pass proves only as far as the used guesses were right).
+#[derive(Debug, Clone, Copy)]
+struct GuessScores {
+    context: f64,
+    own: f64,
+}
+
+impl GuessScores {
+    /// Weight of a new pass in the averages: a few passes decide, as a text changes course.
+    const ALPHA: f64 = 0.2;
+
+    /// Both start level with a plain model's showing: context guesses are taken first, and a
+    /// consistency-trained model's own guesses take over once they score better.
+    fn new() -> Self {
+        Self {
+            context: 1.0,
+            own: 0.0,
+        }
+    }
+
+    fn prefer_context(&self) -> bool {
+        self.context >= self.own
+    }
+
+    fn observe(&mut self, context: &[u32], own: &[u32], truth: &[u32]) {
+        let right = |g: &[u32]| g.iter().zip(truth).take_while(|(a, b)| a == b).count() as f64;
+        self.context += Self::ALPHA * (right(context) - self.context);
+        self.own += Self::ALPHA * (right(own) - self.own);
     }
 }
 
@@ -92,6 +151,7 @@ pub(crate) fn decode(
     prompt: &[u32],
     first: u32,
     sizer: &mut BlockSizer<'_>,
+    guesses: Guesses,
     rng: &mut StdRng,
     out: &mut Output,
     cancel: &CancelToken,
@@ -99,25 +159,39 @@ pub(crate) fn decode(
 ) -> Result<Progress> {
     let mut progress = Progress::default();
     out.push(&[first], on_event)?;
-    let mut context: Vec<u32> = prompt.to_vec();
+    let mut context = ContextLookup::new(prompt);
     context.push(first);
+    let mut scores = GuessScores::new();
+    // block[0] is the last token of the answer; the rest are the previous pass's predictions.
     let mut block = vec![first];
     while out.stop.is_none() {
         if cancel.is_cancelled() {
             out.stop = Some(StopReason::Cancelled);
             break;
         }
+        let copied = match guesses {
+            Guesses::Context => context.propose(sizer.max().saturating_sub(1)),
+            Guesses::Jacobi => None,
+        };
+        let own = block.split_off(1);
+        let matched = match &copied {
+            Some(p) if scores.prefer_context() => p.matched,
+            _ => 0,
+        };
         // block[0] is already in the answer; the pass can add up to n more tokens, so a block
         // larger than what is still wanted (or what the context holds) is wasted work.
         let room = cache.max_len() - cache.len();
-        let chosen = sizer.choose();
+        let chosen = sizer.choose(matched);
         let n = chosen.min(out.remaining()).min(room);
         if n == 0 {
             out.stop = Some(StopReason::ContextFull);
             break;
         }
-        block.truncate(n);
-        fill_guesses(&mut block, n, &context, rng);
+        match &copied {
+            Some(p) if matched > 0 => block.extend(p.tokens.iter().take(n - 1)),
+            _ => block.extend(own.iter().take(n - 1)),
+        }
+        fill_guesses(&mut block, n, context.tokens(), rng);
         let start = cache.len();
         let t = Instant::now();
         let logits = model.forward(&block, cache, Logits::All)?;
@@ -130,11 +204,14 @@ pub(crate) fn decode(
         progress.decode_ms += ms;
         let block_start = out.ids.len() - 1;
         let new = &preds[..s.accepted];
+        if let (Some(p), false) = (&copied, own.is_empty()) {
+            scores.observe(&p.tokens, &own, new);
+        }
         let taken = out.push(new, &mut |e| on_event(e))?;
         if n == chosen {
-            sizer.observe(n, s.accepted, ms);
+            sizer.observe(matched, n, s.accepted, ms);
         }
-        context.extend_from_slice(&new[..taken]);
+        context.extend(&new[..taken]);
         on_event(DecodeEvent::Iteration(Iteration {
             index: progress.passes - 1,
             block_start,
@@ -148,6 +225,7 @@ pub(crate) fn decode(
             accepted: s.accepted,
             new_tokens: taken,
             known_correct: (s.accepted + 1).min(n),
+            context_match: matched,
             ms,
         }));
         // The prediction after the last accepted input is right; the later predictions
@@ -155,4 +233,26 @@ pub(crate) fn decode(
         block = preds[s.accepted - 1..].to_vec();
     }
     Ok(progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_source_that_guesses_right_more_often_is_preferred() {
+        let truth = [7, 8, 9];
+        let mut scores = GuessScores::new();
+        assert!(scores.prefer_context());
+        // A consistency-trained model: its own guesses are right, the copied ones are not.
+        for _ in 0..10 {
+            scores.observe(&[1, 2, 3], &[7, 8, 5], &truth);
+        }
+        assert!(!scores.prefer_context());
+        // The text turns repetitive: the copies are right again.
+        for _ in 0..10 {
+            scores.observe(&[7, 8, 9], &[1, 8, 9], &truth);
+        }
+        assert!(scores.prefer_context());
+    }
 }

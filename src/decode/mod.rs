@@ -8,6 +8,7 @@ mod autoregressive;
 pub mod block_size;
 mod events;
 pub mod jacobi;
+pub mod lookup;
 mod output;
 pub mod sampling;
 
@@ -18,6 +19,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 pub use events::{DecodeEvent, Generation, Iteration, StopReason};
+pub use jacobi::Guesses;
 pub use output::CancelToken;
 pub use sampling::{Sampler, Sampling};
 
@@ -37,7 +39,7 @@ pub enum Mode {
     /// Jacobi iteration over a block of this many tokens.
     Jacobi(usize),
     /// Jacobi iteration with the block size chosen while decoding, up to this many tokens
-    /// ([`block_size::AutoBlock`]): never much slower than autoregressive decoding.
+    /// ([`block_size::BlockTuner`]): never much slower than autoregressive decoding.
     JacobiAuto(usize),
 }
 
@@ -116,6 +118,9 @@ pub struct DecodeOptions {
     /// Seeds the random initial guesses of Jacobi blocks.
     #[serde(default)]
     pub seed: u64,
+    /// Where Jacobi blocks take their guesses from.
+    #[serde(default)]
+    pub guesses: Guesses,
 }
 
 impl Default for DecodeOptions {
@@ -126,6 +131,7 @@ impl Default for DecodeOptions {
             sampling: Sampling::greedy(),
             stop: Vec::new(),
             seed: 0,
+            guesses: Guesses::default(),
         }
     }
 }
@@ -175,7 +181,7 @@ pub fn generate_tuned(
     prompt: &[u32],
     opts: &DecodeOptions,
     cancel: &CancelToken,
-    tuner: Option<&mut block_size::AutoBlock>,
+    tuner: Option<&mut block_size::BlockTuner>,
     mut on_event: impl FnMut(DecodeEvent),
 ) -> Result<Generation> {
     let context = model.config().context_length;
@@ -221,7 +227,7 @@ pub fn generate_tuned(
                     let tuner = match tuner {
                         Some(t) if t.max() == max => t,
                         _ => {
-                            fresh = block_size::AutoBlock::new(max);
+                            fresh = block_size::BlockTuner::new(max);
                             &mut fresh
                         }
                     };
@@ -237,6 +243,7 @@ pub fn generate_tuned(
                 prompt,
                 first,
                 &mut sizer,
+                opts.guesses,
                 &mut rng,
                 &mut out,
                 cancel,

@@ -10,6 +10,9 @@ export interface IterationView {
   accepted: number;
   new_tokens: number;
   known_correct: number;
+  /** Length of the context match the guesses were copied after; 0 (or absent, in answers
+   * saved before guesses came from the context): the model's own guesses. */
+  context_match?: number;
   ms: number;
 }
 

@@ -109,6 +109,24 @@ enum ModeArg {
     Jacobi,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum GuessesArg {
+    /// What followed the last tokens' latest earlier occurrence in the prompt or answer, where
+    /// there is one; else the model's own guesses.
+    Context,
+    /// The model's own guesses (the previous pass's predictions) and random context tokens.
+    Jacobi,
+}
+
+impl From<GuessesArg> for fixpoint::Guesses {
+    fn from(g: GuessesArg) -> Self {
+        match g {
+            GuessesArg::Context => fixpoint::Guesses::Context,
+            GuessesArg::Jacobi => fixpoint::Guesses::Jacobi,
+        }
+    }
+}
+
 #[derive(Args, Clone)]
 struct DecodeArgs {
     /// Decoder: one token per pass (ar) or Jacobi iteration over a block (jacobi). Default:
@@ -119,6 +137,9 @@ struct DecodeArgs {
     /// and acceptance; never much slower than ar).
     #[arg(long, default_value = "auto")]
     block: fixpoint::BlockSpec,
+    /// Where Jacobi blocks take their guesses from.
+    #[arg(long, value_enum, default_value = "context")]
+    guesses: GuessesArg,
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
     /// Sample with this temperature (ar only; 0 = greedy).
@@ -172,6 +193,9 @@ struct BenchArgs {
     /// Jacobi block sizes to compare with AR (numbers or auto).
     #[arg(long, value_delimiter = ',', default_value = "auto,1,2,4,8,16,32")]
     blocks: Vec<fixpoint::BlockSpec>,
+    /// Where the Jacobi decoders take their guesses from.
+    #[arg(long, value_enum, default_value = "context")]
+    guesses: GuessesArg,
     /// Greedy AR only, no Jacobi decoders (e.g. to score answers quickly).
     #[arg(long, conflicts_with = "blocks")]
     ar_only: bool,
@@ -291,6 +315,7 @@ fn decode_options(args: &DecodeArgs) -> Result<DecodeOptions> {
         },
         stop: args.stop.clone(),
         seed: args.seed,
+        guesses: args.guesses.into(),
     })
 }
 
@@ -482,6 +507,7 @@ fn bench(args: BenchArgs) -> Result<()> {
         } else {
             args.blocks.clone()
         },
+        guesses: args.guesses.into(),
         cost_sizes: args.cost_sizes.clone(),
         cache_tokens: args.cache_tokens,
         repetitions: args.repetitions,

@@ -3,7 +3,7 @@
 // a scrubber to replay a finished answer iteration by iteration.
 
 import { useEffect, useRef, useState } from "preact/hooks";
-import { speedup, visibleRows, type VizState } from "./reduce";
+import { contextPasses, speedup, visibleRows, type VizState } from "./reduce";
 import { LineChart } from "./Chart";
 
 const WINDOW = 200;
@@ -41,6 +41,9 @@ export function Visualizer(props: {
         <span>{viz.tokens} tokens</span>
         <span>{tpi.toFixed(2)} tokens/pass</span>
         <span>{tps.toFixed(1)} tokens/s</span>
+        <span data-testid="viz-context" title="passes whose guesses were copied from an earlier occurrence of the last tokens">
+          {contextPasses(viz)} guessed from context
+        </span>
         <span data-testid="viz-speedup">
           {s === null
             ? "speedup: run a race or an AR answer to measure AR"
@@ -78,6 +81,16 @@ export function Visualizer(props: {
         {rows.map((r) => (
           <div class="row" key={r.index} data-testid="viz-row">
             <span class="idx">{r.index + 1}</span>
+            <span
+              class="src"
+              title={
+                r.contextMatch > 0
+                  ? `guesses copied from what followed an earlier occurrence of the last ${r.contextMatch} token(s)`
+                  : "the model's own guesses"
+              }
+            >
+              {r.contextMatch > 0 ? `ctx ${r.contextMatch}` : ""}
+            </span>
             <span class="cells">
               {r.cells.map((c, i) => (
                 <span key={i} class={`cell ${c.state}`} title={c.state}>

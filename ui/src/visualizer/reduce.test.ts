@@ -1,5 +1,13 @@
 import { describe, expect, it } from "vitest";
-import { cellStates, emptyViz, reduce, replayState, speedup, visibleRows } from "./reduce";
+import {
+  cellStates,
+  contextPasses,
+  emptyViz,
+  reduce,
+  replayState,
+  speedup,
+  visibleRows,
+} from "./reduce";
 import { FrameBatcher } from "../batch";
 import type { IterationView } from "../types";
 
@@ -76,6 +84,16 @@ describe("replay", () => {
     const s = replayState(its, Array.from({ length: 1502 }, (_, i) => i));
     expect(s.iterations.length).toBe(1500);
     expect(visibleRows(s, 1500, 200).length).toBe(200);
+  });
+});
+
+describe("guesses from the context", () => {
+  it("labels rows and counts passes by where their guesses came from", () => {
+    const copied = { ...iter(1, 1, [2, 3, 4], 2), context_match: 3 };
+    // Answers saved before the field existed have no context_match: the model's own guesses.
+    const s = replayState([iter(0, 0, [1, 9, 9], 1), copied], [1, 2, 3, 4]);
+    expect(visibleRows(s, 2, 10).map((r) => r.contextMatch)).toEqual([0, 3]);
+    expect(contextPasses(s)).toBe(1);
   });
 });
 

@@ -21,6 +21,8 @@ export interface Row {
   index: number;
   accepted: number;
   ms: number;
+  /** Length of the context match the pass's guesses were copied after; 0: the model's own. */
+  contextMatch: number;
   cells: Cell[];
 }
 
@@ -96,6 +98,7 @@ export function row(it: IterationView, answer: number[]): Row {
     index: it.index,
     accepted: it.new_tokens,
     ms: it.ms,
+    contextMatch: it.context_match ?? 0,
     cells: it.after.map((text, i) => ({ text, state: states[i] })),
   };
 }
@@ -114,6 +117,11 @@ export function replayState(iterations: IterationView[], tokenIds: number[]): Vi
     iterations.map((iteration) => ({ kind: "iteration" as const, iteration })),
   );
   return { ...s, answer: tokenIds.slice() };
+}
+
+/** Passes whose guesses were copied from the context. */
+export function contextPasses(state: VizState): number {
+  return state.iterations.filter((it) => (it.context_match ?? 0) > 0).length;
 }
 
 /** Jacobi tokens/s against AR tokens/s on the same model, if AR has been measured. */
