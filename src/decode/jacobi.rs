@@ -37,13 +37,13 @@ impl BlockSizer<'_> {
     fn choose(&mut self, matched: usize) -> usize {
         match self {
             BlockSizer::Fixed(n) => *n,
-            BlockSizer::Auto(a) => a.for_guess(matched).choose(),
+            BlockSizer::Auto(a) => a.choose(matched),
         }
     }
 
     fn observe(&mut self, matched: usize, n: usize, tokens: usize, ms: f64) {
         if let BlockSizer::Auto(a) = self {
-            a.for_guess(matched).observe(n, tokens, ms);
+            a.observe(matched, n, tokens, ms);
         }
     }
 
