@@ -116,6 +116,7 @@ pub fn decode_options(s: &ChatSettings) -> Result<DecodeOptions, AppError> {
         mode,
         max_tokens: s.max_tokens,
         sampling,
+        guesses: s.guesses,
         ..Default::default()
     })
 }

@@ -18,6 +18,10 @@ pub struct ChatSettings {
     pub max_tokens: usize,
     /// Sampling temperature for AR (0 = greedy).
     pub temperature: f64,
+    /// Where Jacobi blocks take their guesses from (conversations saved before the setting
+    /// existed get the default).
+    #[serde(default)]
+    pub guesses: fixpoint::Guesses,
 }
 
 impl Default for ChatSettings {
@@ -27,6 +31,7 @@ impl Default for ChatSettings {
             block: "auto".into(),
             max_tokens: 512,
             temperature: 0.0,
+            guesses: fixpoint::Guesses::default(),
         }
     }
 }
@@ -325,6 +330,21 @@ mod tests {
         ));
         let md = to_markdown(&b, &db.messages(b.id).unwrap());
         assert!(md.starts_with("# Pears") && md.contains("100% pears_x"));
+    }
+
+    #[test]
+    fn settings_saved_before_the_guesses_setting_keep_their_values() {
+        let old = r#"{"mode":"jacobi","block":"8","max_tokens":99,"temperature":0.0}"#;
+        let s: ChatSettings = serde_json::from_str(old).unwrap();
+        assert_eq!((s.block.as_str(), s.max_tokens), ("8", 99));
+        assert_eq!(s.guesses, fixpoint::Guesses::Context);
+        let plain = ChatSettings {
+            guesses: fixpoint::Guesses::Jacobi,
+            ..s
+        };
+        let back: ChatSettings =
+            serde_json::from_str(&serde_json::to_string(&plain).unwrap()).unwrap();
+        assert_eq!(back, plain);
     }
 
     #[test]

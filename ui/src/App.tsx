@@ -22,7 +22,13 @@ import type {
   StoredMessage,
 } from "./types";
 
-const DEFAULT_SETTINGS: ChatSettings = { mode: "jacobi", block: "auto", max_tokens: 512, temperature: 0 };
+const DEFAULT_SETTINGS: ChatSettings = {
+  mode: "jacobi",
+  block: "auto",
+  max_tokens: 512,
+  temperature: 0,
+  guesses: "context",
+};
 
 export function App() {
   const [models, setModels] = useState<ModelEntry[]>([]);

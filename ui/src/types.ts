@@ -36,6 +36,9 @@ export interface ChatSettings {
   block: string;
   max_tokens: number;
   temperature: number;
+  /** Where Jacobi blocks take their guesses from; absent in settings saved before it existed
+   * (the engine then copies from the context). */
+  guesses?: "context" | "jacobi";
 }
 
 export interface Conversation {

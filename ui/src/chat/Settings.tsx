@@ -24,16 +24,32 @@ export function SettingsBar(props: {
         </select>
       </label>
       {s.mode === "jacobi" ? (
-        <label>
-          block
-          <input
-            value={s.block}
-            size={5}
-            disabled={props.disabled}
-            data-testid="setting-block"
-            onChange={(e) => set({ block: (e.target as HTMLInputElement).value.trim() || "auto" })}
-          />
-        </label>
+        <>
+          <label>
+            block
+            <input
+              value={s.block}
+              size={5}
+              disabled={props.disabled}
+              data-testid="setting-block"
+              onChange={(e) => set({ block: (e.target as HTMLInputElement).value.trim() || "auto" })}
+            />
+          </label>
+          <label title="Where a block's guesses come from. Either way the answer is the greedy one; only the speed differs.">
+            guesses
+            <select
+              value={s.guesses ?? "context"}
+              disabled={props.disabled}
+              data-testid="setting-guesses"
+              onChange={(e) =>
+                set({ guesses: (e.target as HTMLSelectElement).value as ChatSettings["guesses"] })
+              }
+            >
+              <option value="context">from the context (copy what followed the last tokens before)</option>
+              <option value="jacobi">the model's own (plain Jacobi)</option>
+            </select>
+          </label>
+        </>
       ) : (
         <label>
           temperature
