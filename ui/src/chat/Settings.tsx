@@ -35,7 +35,7 @@ export function SettingsBar(props: {
               onChange={(e) => set({ block: (e.target as HTMLInputElement).value.trim() || "auto" })}
             />
           </label>
-          <label title="Where a block's guesses come from. Either way the answer is the greedy one; only the speed differs.">
+          <label title="Where a block's guesses come from: copies of what followed the last tokens earlier in the text, or the model's own predictions (plain Jacobi). Either way the answer is the greedy one; only the speed differs.">
             guesses
             <select
               value={s.guesses ?? "context"}
@@ -45,8 +45,8 @@ export function SettingsBar(props: {
                 set({ guesses: (e.target as HTMLSelectElement).value as ChatSettings["guesses"] })
               }
             >
-              <option value="context">from the context (copy what followed the last tokens before)</option>
-              <option value="jacobi">the model's own (plain Jacobi)</option>
+              <option value="context">from context</option>
+              <option value="jacobi">model's own</option>
             </select>
           </label>
         </>
