@@ -132,6 +132,15 @@ fn a_job_cancelled_in_each_stage_resumes_to_a_measured_model() {
         .expect("baseline measured before collecting");
     assert!(baseline.identical_to_ar, "Jacobi must reproduce greedy AR");
     assert!(baseline.tokens_per_iteration >= 1.0);
+    // Block auto, as chat decodes, is measured too (and its output is part of identical_to_ar).
+    let (auto, ar) = (
+        baseline.auto_tokens_per_second,
+        baseline.ar_tokens_per_second,
+    );
+    assert!(auto.is_some_and(|t| t > 0.0), "{auto:?}");
+    assert!(baseline
+        .auto_speedup
+        .is_some_and(|x| (x - auto.unwrap() / ar).abs() < 1e-9));
 
     // Continues collecting at prompt 2 (the first is not redone), then is cancelled at the
     // first checkpoint of training.

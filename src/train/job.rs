@@ -20,7 +20,7 @@ use super::checkpoint;
 use super::trainer::{train, StepStats, TrainEvent, TrainSettings, TrainState};
 use super::trajectory::{collect_all, CollectConfig, CollectProgress, FileSettings};
 use super::TrajectoryWriter;
-use crate::decode::{CancelToken, DecodeOptions, Mode};
+use crate::decode::{BlockSpec, CancelToken, DecodeOptions, Mode};
 use crate::engine::{Engine, GenerateRequest, LoadOptions, Prompt};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
@@ -146,6 +146,14 @@ pub struct Evaluation {
     pub tokens_per_iteration: f64,
     /// Jacobi tokens/s over AR tokens/s of the same model.
     pub speedup: f64,
+    /// Jacobi with `--block auto`, as chat decodes: tokens/s, and over AR tokens/s. The fixed
+    /// block above measures what training changes; this measures what a user gets, which on a
+    /// CPU is a smaller block. `None` in jobs measured before it was.
+    #[serde(default)]
+    pub auto_tokens_per_second: Option<f64>,
+    #[serde(default)]
+    pub auto_speedup: Option<f64>,
+    /// Whether both Jacobi decoders' outputs were identical to AR's.
     pub identical_to_ar: bool,
     pub answers: Vec<Answer>,
 }
@@ -688,6 +696,7 @@ fn evaluate(
 ) -> Result<Option<Evaluation>> {
     let s = &job.settings;
     let (mut ar_tokens, mut ar_ms, mut jac_tokens, mut jac_ms, mut passes) = (0, 0.0, 0, 0.0, 0);
+    let (mut auto_tokens, mut auto_ms) = (0, 0.0);
     let mut identical = true;
     let mut answers = Vec::new();
     let t0 = Instant::now();
@@ -715,6 +724,7 @@ fn evaluate(
         };
         let ar = run(Mode::Autoregressive)?;
         let jacobi = run(Mode::Jacobi(s.block))?;
+        let auto = run(BlockSpec::Auto.mode())?;
         if cancel.is_cancelled() {
             return Ok(None);
         }
@@ -724,7 +734,9 @@ fn evaluate(
         jac_ms += jacobi.decode_ms;
         // The first token comes from prefill; tokens per pass counts the rest.
         passes += jacobi.forward_passes;
-        identical &= ar.token_ids == jacobi.token_ids;
+        auto_tokens += auto.generated_tokens;
+        auto_ms += auto.decode_ms;
+        identical &= ar.token_ids == jacobi.token_ids && ar.token_ids == auto.token_ids;
         if answers.len() < ANSWERS_KEPT {
             answers.push(Answer {
                 prompt: prompt.clone(),
@@ -743,6 +755,7 @@ fn evaluate(
     let per_second = |tokens: usize, ms: f64| tokens as f64 / (ms / 1e3).max(1e-9);
     let ar_tps = per_second(ar_tokens, ar_ms);
     let jac_tps = per_second(jac_tokens, jac_ms);
+    let auto_tps = per_second(auto_tokens, auto_ms);
     Ok(Some(Evaluation {
         model: engine.info().path.clone(),
         prompts: total,
@@ -751,6 +764,8 @@ fn evaluate(
         jacobi_tokens_per_second: jac_tps,
         tokens_per_iteration: jac_tokens.saturating_sub(total) as f64 / passes.max(1) as f64,
         speedup: jac_tps / ar_tps.max(1e-9),
+        auto_tokens_per_second: Some(auto_tps),
+        auto_speedup: Some(auto_tps / ar_tps.max(1e-9)),
         identical_to_ar: identical,
         answers,
     }))
@@ -927,6 +942,18 @@ mod tests {
         assert_eq!(
             default_name(Path::new("/m/SmolLM2-135M-Instruct.Q4_1.gguf")),
             "SmolLM2-135M-Instruct-Q4_1-cllm"
+        );
+    }
+
+    #[test]
+    fn evaluations_saved_before_auto_was_measured_still_load() {
+        let old = r#"{"model":"m.gguf","prompts":2,"block":16,"ar_tokens_per_second":100.0,
+            "jacobi_tokens_per_second":40.0,"tokens_per_iteration":1.1,"speedup":0.4,
+            "identical_to_ar":true,"answers":[]}"#;
+        let e: Evaluation = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (e.block, e.auto_tokens_per_second, e.auto_speedup),
+            (16, None, None)
         );
     }
 

@@ -133,6 +133,9 @@ export interface Evaluation {
   jacobi_tokens_per_second: number;
   tokens_per_iteration: number;
   speedup: number;
+  /** Jacobi with block auto, as chat decodes (absent in jobs measured before it was). */
+  auto_tokens_per_second?: number | null;
+  auto_speedup?: number | null;
   identical_to_ar: boolean;
   answers: { prompt: string; ar: string; jacobi: string }[];
 }

@@ -510,8 +510,12 @@ pub fn tune(args: TuneArgs) -> Result<()> {
     })?;
     for (label, e) in [("before", &job.baseline), ("after", &job.after)] {
         if let Some(e) = e {
+            let auto = match (e.auto_tokens_per_second, e.auto_speedup) {
+                (Some(tps), Some(x)) => format!(", block auto {tps:.1} tokens/s ({x:.2}x)"),
+                _ => String::new(),
+            };
             eprintln!(
-                "{label}: {:.3} tokens per pass (block {}), Jacobi {:.1} tokens/s, AR {:.1} tokens/s, speedup {:.2}, identical to AR: {}",
+                "{label}: {:.3} tokens per pass (block {}), Jacobi {:.1} tokens/s, AR {:.1} tokens/s, speedup {:.2}{auto}, identical to AR: {}",
                 e.tokens_per_iteration,
                 e.block,
                 e.jacobi_tokens_per_second,

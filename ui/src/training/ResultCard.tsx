@@ -17,9 +17,11 @@ export function ResultCard(props: {
   const [name, setName] = useState(job.name);
   const rows: [string, (e: Evaluation) => string][] = [
     ["tokens per pass (Jacobi, block " + before.block + ")", (e) => e.tokens_per_iteration.toFixed(2)],
-    ["Jacobi tokens/s", (e) => e.jacobi_tokens_per_second.toFixed(1)],
+    ["Jacobi tokens/s, block " + before.block, (e) => e.jacobi_tokens_per_second.toFixed(1)],
     ["greedy AR tokens/s", (e) => e.ar_tokens_per_second.toFixed(1)],
-    ["speedup of Jacobi over AR", (e) => e.speedup.toFixed(2) + "x"],
+    ["speedup of Jacobi, block " + before.block + ", over AR", (e) => e.speedup.toFixed(2) + "x"],
+    ["Jacobi tokens/s, block auto (as chat decodes)", (e) => e.auto_tokens_per_second?.toFixed(1) ?? "not measured"],
+    ["speedup of Jacobi auto over AR", (e) => (e.auto_speedup != null ? e.auto_speedup.toFixed(2) + "x" : "not measured")],
     ["Jacobi output identical to AR", (e) => (e.identical_to_ar ? "yes" : "no")],
   ];
   return (
