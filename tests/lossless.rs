@@ -139,6 +139,10 @@ fn context_guesses_continue_a_real_earlier_match() {
         assert_eq!(jacobi.token_ids, ar.token_ids, "seed {seed}");
         let prompt_ids = engine.prompt_ids(&prompt).unwrap();
         for it in iterations.iter().filter(|it| it.context_match > 0) {
+            assert!(
+                it.before.len() > 1,
+                "a match reported for a pass without guesses"
+            );
             with_matches += 1;
             // The context up to and including the block's first (known) token.
             let mut context = prompt_ids.clone();

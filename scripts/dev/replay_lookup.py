@@ -9,6 +9,8 @@ only on the token ids, so this needs no model and no timing.
 
 Reads `trajectories` records (the fixed point of each block is the greedy answer), cuts each
 answer after its first end-of-turn token (id 2 in SmolLM2's vocabulary; change EOS for others).
+Positions without a match show 1.00 token per pass: the model's own guesses, which the decoder
+uses there, need the model and are not replayed.
 """
 import collections
 import json

@@ -83,8 +83,8 @@ impl GuessScores {
     /// Weight of a new pass in the averages: a few passes decide, as a text changes course.
     const ALPHA: f64 = 0.2;
 
-    /// Both start level with a plain model's showing: context guesses are taken first, and a
-    /// consistency-trained model's own guesses take over once they score better.
+    /// Biased towards the copies, as a plain model's showing suggests: they are taken first,
+    /// and a consistency-trained model's own guesses take over once they score better.
     fn new() -> Self {
         Self {
             context: 1.0,
@@ -175,7 +175,10 @@ pub(crate) fn decode(
         };
         let own = block.split_off(1);
         let matched = match &copied {
-            Some(p) if scores.prefer_context() => p.matched,
+            // Without own guesses (after a pass of one, or one accepted whole) there is nothing
+            // to prefer to a copy; taking it also lets the scores hear from the copies again
+            // after the own guesses pulled ahead and their block size fell to one.
+            Some(p) if scores.prefer_context() || own.is_empty() => p.matched,
             _ => 0,
         };
         // block[0] is already in the answer; the pass can add up to n more tokens, so a block
@@ -225,7 +228,8 @@ pub(crate) fn decode(
             accepted: s.accepted,
             new_tokens: taken,
             known_correct: (s.accepted + 1).min(n),
-            context_match: matched,
+            // A block cut to one token (the answer's last) had no guesses to copy.
+            context_match: if n > 1 { matched } else { 0 },
             ms,
         }));
         // The prediction after the last accepted input is right; the later predictions
