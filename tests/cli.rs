@@ -346,7 +346,9 @@ fn chat_reads_turns_from_stdin() {
         .stdin
         .take()
         .unwrap()
-        .write_all(b"hello\n/block 0\nagain\n/block 2\nthird\n/quit\n")
+        .write_all(
+            b"hello\n/block 0\nagain\n/block 2\n/guesses jacobi\nthird\n/guesses maybe\n/quit\n",
+        )
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
@@ -355,6 +357,12 @@ fn chat_reads_turns_from_stdin() {
     // "again" was refused (block 0); "hello" and "third" were answered.
     assert_eq!(stderr.matches("tokens/pass").count(), 2, "{stderr}");
     assert!(stderr.contains("jacobi block 2"), "{stderr}");
+    // A command it does not know lists the ones it does (once more than the greeting does).
+    assert_eq!(
+        stderr.matches("/guesses context|jacobi").count(),
+        2,
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -30,7 +30,8 @@ struct Cli {
 enum Command {
     /// Generate a continuation of one prompt, streaming it to stdout.
     Generate(GenerateArgs),
-    /// Chat with a model in the terminal (/reset, /mode ar|jacobi, /block N|auto, /quit).
+    /// Chat with a model in the terminal (/reset, /mode ar|jacobi, /block N|auto, /guesses
+    /// context|jacobi, /quit).
     Chat(ChatArgs),
     /// Measure AR against Jacobi on the same prompts, and the forward cost per block size.
     Bench(BenchArgs),
@@ -378,13 +379,17 @@ fn summary(g: &Generation) -> String {
     )
 }
 
+/// What `chat` understands besides a message.
+const CHAT_COMMANDS: &str =
+    "/reset, /mode ar|jacobi, /block N|auto, /guesses context|jacobi, /quit";
+
 fn chat(args: ChatArgs) -> Result<()> {
     let mut decode = args.decode.clone();
     decode_options(&decode)?;
     let engine = load(&args.model)?;
     let info = engine.info();
     eprintln!(
-        "{} ({} weights, {}, {} layers, context {}) on {}. /reset, /mode ar|jacobi, /block N, /quit",
+        "{} ({} weights, {}, {} layers, context {}) on {}. {CHAT_COMMANDS}",
         info.path.display(),
         info.weights,
         info.backend,
@@ -440,7 +445,9 @@ fn chat(args: ChatArgs) -> Result<()> {
                     Ok(n) => decode.block = n,
                     Err(e) => eprintln!("error: {e}"),
                 },
-                _ => eprintln!("commands: /reset, /mode ar|jacobi, /block N|auto, /quit"),
+                (Some("guesses"), Some("context")) => decode.guesses = GuessesArg::Context,
+                (Some("guesses"), Some("jacobi")) => decode.guesses = GuessesArg::Jacobi,
+                _ => eprintln!("{CHAT_COMMANDS}"),
             }
             continue;
         }
