@@ -291,7 +291,15 @@ pub fn run(engine: &Engine, cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> Res
     let mut probes = Vec::new();
     for (p, prompt) in requests.iter().enumerate() {
         probes.extend(probe_kernel_threads(engine));
-        for (mode, total) in modes.iter().zip(&mut totals) {
+        // Every other prompt runs the decoders in reverse order, so that whatever running
+        // first or last costs (the probe just before, caches, the machine's state) lands on
+        // all of them alike.
+        let mut order: Vec<usize> = (0..modes.len()).collect();
+        if p % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let (mode, total) = (&modes[i], &mut totals[i]);
             let req = GenerateRequest {
                 prompt: prompt.clone(),
                 options: DecodeOptions {

@@ -46,6 +46,10 @@ const PRIOR_WEIGHT: f64 = 0.2;
 /// time, 2% of passes at 3x), a cap of 1.25 let block 2 run 20 to 50% of passes and cost 1%;
 /// 1.1 keeps block 1 and follows a real slowdown within about ten passes.
 const MAX_SLOWDOWN: f64 = 1.1;
+/// A size takes over from the current one only if it promises this much more: a plain model's
+/// own guesses make block 2 a near-tie with block 1 (2% more tokens for 2 to 6% more time), and
+/// flapping between them costs more than either.
+const SWITCH_MARGIN: f64 = 1.03;
 
 /// The moving average of one size's pass time.
 #[derive(Debug, Clone, Copy)]
@@ -215,6 +219,10 @@ impl BlockTuner {
             if r > rates[best] {
                 best = i;
             }
+        }
+        // Near-ties stay with the incumbent: their estimates are noisier than the difference.
+        if rates[best] < rates[incumbent] * SWITCH_MARGIN {
+            best = incumbent;
         }
         if best != incumbent {
             self.explore_every = EXPLORE_EVERY;
