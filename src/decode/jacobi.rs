@@ -174,13 +174,13 @@ pub(crate) fn decode(
             Guesses::Jacobi => None,
         };
         let own = block.split_off(1);
-        let matched = match &copied {
-            // Without own guesses (after a pass of one, or one accepted whole) there is nothing
-            // to prefer to a copy; taking it also lets the scores hear from the copies again
-            // after the own guesses pulled ahead and their block size fell to one.
-            Some(p) if scores.prefer_context() || own.is_empty() => p.matched,
-            _ => 0,
-        };
+        // Without own guesses (after a pass of one, or one accepted whole) there is nothing to
+        // prefer to a copy; taking it also lets the scores hear from the copies again after the
+        // own guesses pulled ahead and their block size fell to one.
+        let copy = copied
+            .as_ref()
+            .filter(|_| scores.prefer_context() || own.is_empty());
+        let matched = copy.map_or(0, |p| p.matched);
         // block[0] is already in the answer; the pass can add up to n more tokens, so a block
         // larger than what is still wanted (or what the context holds) is wasted work.
         let room = cache.max_len() - cache.len();
@@ -190,10 +190,8 @@ pub(crate) fn decode(
             out.stop = Some(StopReason::ContextFull);
             break;
         }
-        match &copied {
-            Some(p) if matched > 0 => block.extend(p.tokens.iter().take(n - 1)),
-            _ => block.extend(own.iter().take(n - 1)),
-        }
+        let guessed = copy.map_or(&own[..], |p| &p.tokens[..]);
+        block.extend(guessed.iter().take(n - 1));
         fill_guesses(&mut block, n, context.tokens(), rng);
         let start = cache.len();
         let t = Instant::now();
@@ -207,7 +205,7 @@ pub(crate) fn decode(
         progress.decode_ms += ms;
         let block_start = out.ids.len() - 1;
         let new = &preds[..s.accepted];
-        if let (Some(p), false) = (&copied, own.is_empty()) {
+        if let Some(p) = copied.as_ref().filter(|_| !own.is_empty()) {
             scores.observe(&p.tokens, &own, new);
         }
         let taken = out.push(new, &mut |e| on_event(e))?;
