@@ -3,7 +3,7 @@
 // a scrubber to replay a finished answer iteration by iteration.
 
 import { useEffect, useRef, useState } from "preact/hooks";
-import { contextPasses, speedup, visibleRows, type VizState } from "./reduce";
+import { speedup, visibleRows, type VizState } from "./reduce";
 import { LineChart } from "./Chart";
 
 const WINDOW = 200;
@@ -42,7 +42,7 @@ export function Visualizer(props: {
         <span>{tpi.toFixed(2)} tokens/pass</span>
         <span>{tps.toFixed(1)} tokens/s</span>
         <span data-testid="viz-context" title="passes whose guesses were copied from an earlier occurrence of the last tokens">
-          {contextPasses(viz)} guessed from context
+          {viz.contextPasses} guessed from context
         </span>
         <span data-testid="viz-speedup">
           {s === null

@@ -34,6 +34,8 @@ export interface VizState {
   /** Generated tokens after the prefill token, and the time their passes took. */
   tokens: number;
   ms: number;
+  /** Passes whose guesses were copied from the context. */
+  contextPasses: number;
   /** Per iteration: tokens it added, and running tokens/s. */
   tokensPerIteration: number[];
   tokensPerSecond: number[];
@@ -44,6 +46,7 @@ export const emptyViz = (): VizState => ({
   answer: [],
   tokens: 0,
   ms: 0,
+  contextPasses: 0,
   tokensPerIteration: [],
   tokensPerSecond: [],
 });
@@ -60,6 +63,7 @@ export function reduce(state: VizState, inputs: VizInput[]): VizState {
     answer: state.answer.slice(),
     tokens: state.tokens,
     ms: state.ms,
+    contextPasses: state.contextPasses,
     tokensPerIteration: state.tokensPerIteration.slice(),
     tokensPerSecond: state.tokensPerSecond.slice(),
   };
@@ -75,6 +79,7 @@ export function reduce(state: VizState, inputs: VizInput[]): VizState {
     next.iterations.push(it);
     next.tokens += it.new_tokens;
     next.ms += it.ms;
+    if ((it.context_match ?? 0) > 0) next.contextPasses += 1;
     next.tokensPerIteration.push(it.new_tokens);
     next.tokensPerSecond.push(next.ms > 0 ? (next.tokens * 1000) / next.ms : 0);
   }
@@ -117,11 +122,6 @@ export function replayState(iterations: IterationView[], tokenIds: number[]): Vi
     iterations.map((iteration) => ({ kind: "iteration" as const, iteration })),
   );
   return { ...s, answer: tokenIds.slice() };
-}
-
-/** Passes whose guesses were copied from the context. */
-export function contextPasses(state: VizState): number {
-  return state.iterations.filter((it) => (it.context_match ?? 0) > 0).length;
 }
 
 /** Jacobi tokens/s against AR tokens/s on the same model, if AR has been measured. */
