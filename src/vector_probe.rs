@@ -88,17 +88,20 @@ mod x86 {
         );
     }
 
-    /// Four dependent adds per iteration: a cycle each, so this loop's time is the clock.
+    /// Four dependent adds per iteration: a cycle each, so this loop's time is the clock. The
+    /// adds take a register, not an immediate: Golden Cove and later Intel cores fold chains of
+    /// immediate adds at rename, several per cycle; with immediates the probe read 9 instructions
+    /// per cycle on a CI host, more than any x86 core issues, so its clock ran fast there.
     fn clock_loop(iters: u64) {
-        let mut acc = 0u64;
+        let mut acc = 1u64;
         // SAFETY: register arithmetic only.
         unsafe {
             asm!(
                 "2:",
-                "add {acc}, 1",
-                "add {acc}, 1",
-                "add {acc}, 1",
-                "add {acc}, 1",
+                "add {acc}, {acc}",
+                "add {acc}, {acc}",
+                "add {acc}, {acc}",
+                "add {acc}, {acc}",
                 "dec {n}",
                 "jnz 2b",
                 n = inout(reg) iters => _,
