@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what is missing (apt packages, npm
 # packages, tauri-driver, selenium, the default model), builds, runs every Rust test, the UI's
-# unit tests, and the desktop app's end-to-end test under Xvfb.
+# unit tests, the CPU kernels' tests built for AArch64 under QEMU, and the desktop app's
+# end-to-end test under Xvfb.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -9,6 +10,7 @@ scripts/setup.sh
 cargo test --release --locked --workspace --no-run
 "${CARGO_TARGET_DIR:-target}/release/fixpoint" models fetch
 cargo test --release --locked --workspace
+scripts/test-aarch64.sh
 (cd ui && npm test --silent)
 FIXPOINT_SCREENSHOT="${CARGO_TARGET_DIR:-target}/e2e-screenshot.png" \
   FIXPOINT_TRAIN_SCREENSHOT="${CARGO_TARGET_DIR:-target}/e2e-training.png" scripts/e2e.sh

@@ -231,6 +231,10 @@ pub struct BenchReport {
     /// `None` on CPUs the probe has no loop for (and in reports written before it existed).
     #[serde(default)]
     pub vector_probe: Option<VectorProbe>,
+    /// The instruction set of the CPU matmul kernels ([`crate::kernels::Isa`]); empty in
+    /// reports written before it was recorded.
+    #[serde(default)]
+    pub cpu_kernels: String,
 }
 
 fn jacobi_guesses() -> Guesses {
@@ -390,6 +394,7 @@ pub fn run(engine: &Engine, cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> Res
             .map(|n| n.get())
             .unwrap_or(1),
         vector_probe: VectorProbe::summarize(probes),
+        cpu_kernels: crate::kernels::Isa::detect().name().to_string(),
     })
 }
 

@@ -40,7 +40,7 @@ pub fn matmul(w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
     assert_eq!(out.len(), m * n);
     let ptr = SharedOut(out.as_mut_ptr());
     let tasks = n.div_ceil(ROWS_PER_TASK);
-    let avx2 = super::simd::has_avx2();
+    let isa = Isa::detect();
     let run = |t: usize| {
         let (start, end) = (t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(n));
         let mut tile = [[0f32; TILE]; CHUNK];
@@ -49,20 +49,11 @@ pub fn matmul(w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
         for o0 in (start..end).step_by(TILE) {
             for r0 in (0..m).step_by(CHUNK) {
                 let rows = (m - r0).min(CHUNK);
-                if avx2 {
-                    // SAFETY: AVX2, FMA and F16C were detected; the tile is stored whole and
-                    // rows r0..r0 + rows exist.
-                    #[cfg(target_arch = "x86_64")]
-                    unsafe {
-                        match rows {
-                            1 => avx2::tile::<1>(w, x, r0, o0, &mut tile),
-                            2 => avx2::tile::<2>(w, x, r0, o0, &mut tile),
-                            3 => avx2::tile::<3>(w, x, r0, o0, &mut tile),
-                            _ => avx2::tile::<4>(w, x, r0, o0, &mut tile),
-                        }
-                    }
-                } else {
-                    tile_portable(w, x, r0, rows, o0, &mut tile);
+                match rows {
+                    1 => isa.tile::<1>(w, x, r0, o0, &mut tile),
+                    2 => isa.tile::<2>(w, x, r0, o0, &mut tile),
+                    3 => isa.tile::<3>(w, x, r0, o0, &mut tile),
+                    _ => isa.tile::<4>(w, x, r0, o0, &mut tile),
                 }
                 let cols = (end - o0).min(TILE);
                 for (i, vals) in tile.iter().enumerate().take(rows) {
@@ -86,7 +77,62 @@ pub fn matmul(w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
     }
 }
 
-/// The kernel without SIMD, for CPUs without AVX2: exact integer block sums, then per block
+/// The instruction set the tile kernel runs with on this CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// x86-64 with AVX2, FMA and F16C.
+    Avx2,
+    /// AArch64 with the dot-product extension (`sdot`: Apple M1 and later, Cortex-A55/A76 and
+    /// later, Graviton 2 and later).
+    NeonDot,
+    /// Plain scalar code: correct everywhere, several times slower.
+    Portable,
+}
+
+impl Isa {
+    pub fn detect() -> Self {
+        if super::simd::has_avx2() {
+            return Isa::Avx2;
+        }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            return Isa::NeonDot;
+        }
+        Isa::Portable
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx2 => "avx2",
+            Isa::NeonDot => "neon-dotprod",
+            Isa::Portable => "portable",
+        }
+    }
+
+    /// One tile against activation rows `r0..r0 + R` (see [`avx2::tile`]).
+    #[inline(always)]
+    fn tile<const R: usize>(
+        self,
+        w: &QuantMatrix,
+        x: &QuantActs,
+        r0: usize,
+        o0: usize,
+        out: &mut [[f32; TILE]; CHUNK],
+    ) {
+        match self {
+            // SAFETY: AVX2, FMA and F16C were detected; the tile is stored whole and rows
+            // r0..r0 + R exist.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { avx2::tile::<R>(w, x, r0, o0, out) },
+            // SAFETY: as above, with the dot-product extension detected.
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDot => unsafe { neon::tile::<R>(w, x, r0, o0, out) },
+            _ => tile_portable(w, x, r0, R, o0, out),
+        }
+    }
+}
+
+/// The kernel without SIMD, for CPUs without AVX2 or NEON's dot product: exact integer block sums, then per block
 /// `acc += isum * (dw * dx)` and (Q4) `offset += m * s`, then `acc + offset`.
 fn tile_portable(
     w: &QuantMatrix,
@@ -266,6 +312,175 @@ mod avx2 {
         }
         for i in 0..R {
             _mm256_storeu_ps(out[i].as_mut_ptr(), _mm256_add_ps(acc[i], offset[i]));
+        }
+    }
+}
+
+/// The tile kernel for AArch64 with the dot-product extension: the same tiles, sums and float
+/// steps as [`avx2::tile`], on 128-bit vectors (a tile's eight rows are two vectors of four).
+/// `sdot` multiplies four bytes by four bytes and adds them into each 32-bit lane, so each
+/// block's integer sum needs no widening steps between the multiplies. Its intrinsic is not
+/// stable in Rust yet, hence the one-line `asm!` (as for the f16 -> f32 widening).
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+    use std::arch::asm;
+
+    use super::super::quant::{scale_index, QuantActs, QuantMatrix, BLOCK, TILE};
+    use super::CHUNK;
+
+    /// `acc` plus, in lane r, the dot product of bytes 4r..4r + 4 of `w` with bytes
+    /// 4L..4L + 4 of `x`.
+    #[inline(always)]
+    unsafe fn sdot_lane<const L: i32>(mut acc: int32x4_t, w: int8x16_t, x: int8x16_t) -> int32x4_t {
+        asm!(
+            ".arch_extension dotprod",
+            "sdot {acc:v}.4s, {w:v}.16b, {x:v}.4b[{lane}]",
+            acc = inout(vreg) acc,
+            w = in(vreg) w,
+            x = in(vreg) x,
+            lane = const L,
+            options(pure, nomem, nostack),
+        );
+        acc
+    }
+
+    /// `acc` plus, in lane r, the dot product of bytes 4r..4r + 4 of `w` and of `x`.
+    #[inline(always)]
+    unsafe fn sdot(mut acc: int32x4_t, w: int8x16_t, x: int8x16_t) -> int32x4_t {
+        asm!(
+            ".arch_extension dotprod",
+            "sdot {acc:v}.4s, {w:v}.16b, {x:v}.16b",
+            acc = inout(vreg) acc,
+            w = in(vreg) w,
+            x = in(vreg) x,
+            options(pure, nomem, nostack),
+        );
+        acc
+    }
+
+    /// Four f16 values at `p` as f32 lanes (`fcvtl` is base AArch64; its intrinsic needs the
+    /// unstable f16 types).
+    #[inline(always)]
+    unsafe fn load_f16x4(p: *const half::f16) -> float32x4_t {
+        let h = vld1_u16(p as *const u16);
+        let out: float32x4_t;
+        asm!(
+            "fcvtl {out:v}.4s, {h:v}.4h",
+            out = lateout(vreg) out,
+            h = in(vreg) h,
+            options(pure, nomem, nostack),
+        );
+        out
+    }
+
+    /// Weight rows `o0..o0 + 8` against activation rows `r0..r0 + R`, as [`super::avx2::tile`]:
+    /// per block an exact integer sum per (row, weight row), then
+    /// `acc = fma(isum, dw * dx, acc)` and (Q4) `offset = fma(m, s, offset)`; the result is
+    /// `acc + offset`. Lanes 0..4 of each pair are weight rows o0..o0 + 4, lanes 4..8 the rest.
+    pub unsafe fn tile<const R: usize>(
+        w: &QuantMatrix,
+        x: &QuantActs,
+        r0: usize,
+        o0: usize,
+        out: &mut [[f32; TILE]; CHUNK],
+    ) {
+        let k = x.k;
+        let nb = k / BLOCK;
+        let xq: [*const i8; R] = std::array::from_fn(|i| x.qs.as_ptr().add((r0 + i) * k));
+        let xd: [*const f32; R] = std::array::from_fn(|i| x.d.as_ptr().add((r0 + i) * nb));
+        let xs: [*const f32; R] = std::array::from_fn(|i| x.s.as_ptr().add((r0 + i) * nb));
+        let zero = vdupq_n_f32(0.0);
+        let mut acc = [[zero; 2]; R];
+        let mut offset = [[zero; 2]; R];
+        match w {
+            QuantMatrix::Q4 { qs, d, m, .. } => {
+                let mask = vdupq_n_u8(0x0F);
+                let base = qs.as_ptr().add(o0 / TILE * nb * TILE * 16);
+                for b in 0..nb {
+                    // Vector v of the AVX2 layout (bytes 4v..4v + 4 of the eight rows) is
+                    // raw[v][0] (rows 0..4) and raw[v][1] (rows 4..8). Low nibbles are values
+                    // 4v..4v + 4 of the block, high nibbles 16 + 4v.. .
+                    let raw: [[uint8x16_t; 2]; 4] = std::array::from_fn(|v| {
+                        std::array::from_fn(|h| vld1q_u8(base.add(b * 128 + v * 32 + h * 16)))
+                    });
+                    let lo = raw.map(|v| v.map(|h| vreinterpretq_s8_u8(vandq_u8(h, mask))));
+                    let hi = raw.map(|v| v.map(|h| vreinterpretq_s8_u8(vshrq_n_u8::<4>(h))));
+                    let at = scale_index(nb, o0, b);
+                    let dw = [load_f16x4(d.as_ptr().add(at)), load_f16x4(d.as_ptr().add(at + 4))];
+                    for i in 0..R {
+                        let xb = xq[i].add(b * BLOCK);
+                        let (x0, x1) = (vld1q_s8(xb), vld1q_s8(xb.add(16)));
+                        let dx = vdupq_n_f32(*xd[i].add(b));
+                        for h in 0..2 {
+                            let mut isum = vdupq_n_s32(0);
+                            isum = sdot_lane::<0>(isum, lo[0][h], x0);
+                            isum = sdot_lane::<1>(isum, lo[1][h], x0);
+                            isum = sdot_lane::<2>(isum, lo[2][h], x0);
+                            isum = sdot_lane::<3>(isum, lo[3][h], x0);
+                            isum = sdot_lane::<0>(isum, hi[0][h], x1);
+                            isum = sdot_lane::<1>(isum, hi[1][h], x1);
+                            isum = sdot_lane::<2>(isum, hi[2][h], x1);
+                            isum = sdot_lane::<3>(isum, hi[3][h], x1);
+                            let scale = vmulq_f32(dw[h], dx);
+                            acc[i][h] = vfmaq_f32(acc[i][h], vcvtq_f32_s32(isum), scale);
+                        }
+                    }
+                }
+                for b in 0..nb {
+                    let at = scale_index(nb, o0, b);
+                    let mw = [load_f16x4(m.as_ptr().add(at)), load_f16x4(m.as_ptr().add(at + 4))];
+                    for i in 0..R {
+                        let s = vdupq_n_f32(*xs[i].add(b));
+                        for h in 0..2 {
+                            offset[i][h] = vfmaq_f32(offset[i][h], mw[h], s);
+                        }
+                    }
+                }
+            }
+            QuantMatrix::Q8 { qs, d, .. } => {
+                let base = qs.as_ptr().add(o0 / TILE * nb * TILE * BLOCK);
+                for b in 0..nb {
+                    let at = scale_index(nb, o0, b);
+                    let dw = [load_f16x4(d.as_ptr().add(at)), load_f16x4(d.as_ptr().add(at + 4))];
+                    for i in 0..R {
+                        // Vector 4g + c of the AVX2 layout is bytes 8c..8c + 8 of group g's
+                        // four rows (g = 0: even rows, 1: odd); its half h holds rows 2h and
+                        // 2h + 1 of the group. Against x's bytes 8c.. twice, lane 2s + e sums
+                        // half e of those eight bytes for row s of the half.
+                        let xb = xq[i].add(b * BLOCK);
+                        let xc: [int8x16_t; 4] = std::array::from_fn(|c| {
+                            vreinterpretq_s8_u64(vld1q_dup_u64(xb.add(c * 8) as *const u64))
+                        });
+                        let half = |g: usize, h: usize| {
+                            let mut sum = vdupq_n_s32(0);
+                            for (c, &xc) in xc.iter().enumerate() {
+                                let wv = vld1q_s8(base.add(b * 256 + (4 * g + c) * 32 + h * 16));
+                                sum = sdot(sum, wv, xc);
+                            }
+                            sum
+                        };
+                        // Group g's rows in slot order (rows g, g + 2, g + 4, g + 6), then the
+                        // two groups interleaved into rows 0..4 and 4..8.
+                        let even = vpaddq_s32(half(0, 0), half(0, 1));
+                        let odd = vpaddq_s32(half(1, 0), half(1, 1));
+                        let isum = [vzip1q_s32(even, odd), vzip2q_s32(even, odd)];
+                        let dx = vdupq_n_f32(*xd[i].add(b));
+                        for h in 0..2 {
+                            let scale = vmulq_f32(dw[h], dx);
+                            acc[i][h] = vfmaq_f32(acc[i][h], vcvtq_f32_s32(isum[h]), scale);
+                        }
+                    }
+                }
+            }
+        }
+        for i in 0..R {
+            for h in 0..2 {
+                vst1q_f32(
+                    out[i].as_mut_ptr().add(4 * h),
+                    vaddq_f32(acc[i][h], offset[i][h]),
+                );
+            }
         }
     }
 }

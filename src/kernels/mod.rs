@@ -14,7 +14,7 @@ pub(crate) mod simd;
 
 pub use arena::{pack, Store, StoreMut};
 pub use attention::causal_attention;
-pub use matmul::{matmul, matmul_reference};
+pub use matmul::{matmul, matmul_reference, Isa};
 pub use quant::{QuantActs, QuantMatrix, BLOCK};
 
 /// Rows per task for a row-wise step between the matmuls (activation quantization, SwiGLU) over

@@ -525,8 +525,8 @@ fn bench(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{} prompts, {} max tokens, {}",
-        report.prompts, report.max_tokens, report.model
+        "{} prompts, {} max tokens, {}, {} threads, {} kernels",
+        report.prompts, report.max_tokens, report.model, report.threads, report.cpu_kernels
     );
     println!(
         "{:<12} {:>10} {:>12} {:>8} {:>10}",
