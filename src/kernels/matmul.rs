@@ -398,31 +398,33 @@ mod neon {
                 let mask = vdupq_n_u8(0x0F);
                 let base = qs.as_ptr().add(o0 / TILE * nb * TILE * 16);
                 for b in 0..nb {
-                    // Vector v of the AVX2 layout (bytes 4v..4v + 4 of the eight rows) is
-                    // raw[v][0] (rows 0..4) and raw[v][1] (rows 4..8). Low nibbles are values
-                    // 4v..4v + 4 of the block, high nibbles 16 + 4v.. .
-                    let raw: [[uint8x16_t; 2]; 4] = std::array::from_fn(|v| {
-                        std::array::from_fn(|h| vld1q_u8(base.add(b * 128 + v * 32 + h * 16)))
-                    });
-                    let lo = raw.map(|v| v.map(|h| vreinterpretq_s8_u8(vandq_u8(h, mask))));
-                    let hi = raw.map(|v| v.map(|h| vreinterpretq_s8_u8(vshrq_n_u8::<4>(h))));
                     let at = scale_index(nb, o0, b);
-                    let dw = [load_f16x4(d.as_ptr().add(at)), load_f16x4(d.as_ptr().add(at + 4))];
-                    for i in 0..R {
-                        let xb = xq[i].add(b * BLOCK);
-                        let (x0, x1) = (vld1q_s8(xb), vld1q_s8(xb.add(16)));
-                        let dx = vdupq_n_f32(*xd[i].add(b));
-                        for h in 0..2 {
-                            let mut isum = vdupq_n_s32(0);
-                            isum = sdot_lane::<0>(isum, lo[0][h], x0);
-                            isum = sdot_lane::<1>(isum, lo[1][h], x0);
-                            isum = sdot_lane::<2>(isum, lo[2][h], x0);
-                            isum = sdot_lane::<3>(isum, lo[3][h], x0);
-                            isum = sdot_lane::<0>(isum, hi[0][h], x1);
-                            isum = sdot_lane::<1>(isum, hi[1][h], x1);
-                            isum = sdot_lane::<2>(isum, hi[2][h], x1);
-                            isum = sdot_lane::<3>(isum, hi[3][h], x1);
-                            let scale = vmulq_f32(dw[h], dx);
+                    // Vector v of the AVX2 layout (bytes 4v..4v + 4 of the eight rows) is two
+                    // here: half h holds rows 4h..4h + 4. A half at a time keeps its eight
+                    // unpacked vectors in registers (arrays of both halves went to the stack).
+                    for h in 0..2 {
+                        let codes = base.add(b * 128 + h * 16);
+                        let raw = [0, 1, 2, 3].map(|v| vld1q_u8(codes.add(v * 32)));
+                        // Low nibbles are values 4v..4v + 4 of the block, high nibbles
+                        // 16 + 4v.. .
+                        let lo = raw.map(|r| vreinterpretq_s8_u8(vandq_u8(r, mask)));
+                        let hi = raw.map(|r| vreinterpretq_s8_u8(vshrq_n_u8::<4>(r)));
+                        let dw = load_f16x4(d.as_ptr().add(at + 4 * h));
+                        for i in 0..R {
+                            let xb = xq[i].add(b * BLOCK);
+                            let (x0, x1) = (vld1q_s8(xb), vld1q_s8(xb.add(16)));
+                            // Two chains of four, to halve the wait on each sdot's result.
+                            let zero = vdupq_n_s32(0);
+                            let mut low = sdot_lane::<0>(zero, lo[0], x0);
+                            low = sdot_lane::<1>(low, lo[1], x0);
+                            low = sdot_lane::<2>(low, lo[2], x0);
+                            low = sdot_lane::<3>(low, lo[3], x0);
+                            let mut high = sdot_lane::<0>(zero, hi[0], x1);
+                            high = sdot_lane::<1>(high, hi[1], x1);
+                            high = sdot_lane::<2>(high, hi[2], x1);
+                            high = sdot_lane::<3>(high, hi[3], x1);
+                            let isum = vaddq_s32(low, high);
+                            let scale = vmulq_f32(dw, vdupq_n_f32(*xd[i].add(b)));
                             acc[i][h] = vfmaq_f32(acc[i][h], vcvtq_f32_s32(isum), scale);
                         }
                     }
