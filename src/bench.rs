@@ -153,7 +153,7 @@ pub struct ForwardCost {
 }
 
 /// Vector instructions per cycle that the kernel threads got while the benchmark ran
-/// ([`crate::vector_probe`]; about 3.4 on a Zen 3 core to itself): before each prompt and each
+/// ([`crate::vector_probe`]; comparable between runs of one build): before each prompt and each
 /// round of forward costs, the lower of the threads' rates. Lower figures mean a neighbour
 /// shared the cores and every forward ran slower; a wide range means that changed during the
 /// run, which can skew ratios between sizes.
@@ -227,6 +227,7 @@ pub struct BenchReport {
     /// Of the greedy (AR) answers, on prompts with a reference answer.
     pub accuracy: Option<Accuracy>,
     pub cache_tokens: usize,
+    /// Threads of the CPU kernels' pool (`RAYON_NUM_THREADS`, else one per core).
     pub threads: usize,
     /// `None` on CPUs the probe has no loop for (and in reports written before it existed).
     #[serde(default)]
@@ -390,9 +391,7 @@ pub fn run(engine: &Engine, cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> Res
         forward_cost,
         accuracy,
         cache_tokens: cfg.cache_tokens,
-        threads: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        threads: crate::kernels::pool().current_num_threads(),
         vector_probe: VectorProbe::summarize(probes),
         cpu_kernels: crate::kernels::Isa::detect().name().to_string(),
     })

@@ -10,7 +10,9 @@
 //! The probe times a loop of the matmul's two most frequent instructions (`vpmaddubsw` and
 //! `vpaddw`, independent of each other) against a chain of dependent scalar adds, in slices
 //! taken in turn so that both see the same neighbours, and returns vector instructions per
-//! cycle. A Zen 3 core to itself runs about 3.4. On this project's build machine it read about
+//! cycle. Both loops start on a 64-byte boundary: where the linker happened to put them moved
+//! the rate by a third between two builds of the same code. A Zen 3 core to itself read about
+//! 3.4 in builds before that alignment. On this project's build machine it read about
 //! 1.7 for most of an hour; then one-token forwards took up to 30% longer than in runs where it
 //! read 3.4, 8-token ones 35 to 75% longer, and cost(8)/cost(1) read 2.5 to 3.0 instead of 2.0
 //! to 2.2 (BENCHMARKS.md).
@@ -66,6 +68,7 @@ mod x86 {
         let x = _mm256_set1_epi8(3);
         let y = _mm256_set1_epi8(5);
         asm!(
+            ".p2align 6",
             "2:",
             "vpmaddubsw {a}, {x}, {y}",
             "vpaddw {b}, {x}, {y}",
@@ -97,6 +100,7 @@ mod x86 {
         // SAFETY: register arithmetic only.
         unsafe {
             asm!(
+                ".p2align 6",
                 "2:",
                 "add {acc}, {acc}",
                 "add {acc}, {acc}",

@@ -431,7 +431,10 @@ mod neon {
                 }
                 for b in 0..nb {
                     let at = scale_index(nb, o0, b);
-                    let mw = [load_f16x4(m.as_ptr().add(at)), load_f16x4(m.as_ptr().add(at + 4))];
+                    let mw = [
+                        load_f16x4(m.as_ptr().add(at)),
+                        load_f16x4(m.as_ptr().add(at + 4)),
+                    ];
                     for i in 0..R {
                         let s = vdupq_n_f32(*xs[i].add(b));
                         for h in 0..2 {
@@ -444,7 +447,10 @@ mod neon {
                 let base = qs.as_ptr().add(o0 / TILE * nb * TILE * BLOCK);
                 for b in 0..nb {
                     let at = scale_index(nb, o0, b);
-                    let dw = [load_f16x4(d.as_ptr().add(at)), load_f16x4(d.as_ptr().add(at + 4))];
+                    let dw = [
+                        load_f16x4(d.as_ptr().add(at)),
+                        load_f16x4(d.as_ptr().add(at + 4)),
+                    ];
                     for i in 0..R {
                         // Vector 4g + c of the AVX2 layout is bytes 8c..8c + 8 of group g's
                         // four rows (g = 0: even rows, 1: odd); its half h holds rows 2h and

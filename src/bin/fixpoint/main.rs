@@ -574,8 +574,8 @@ fn bench(args: BenchArgs) -> Result<()> {
     if let Some(p) = &report.vector_probe {
         println!(
             "\nvector instructions per cycle on the kernel threads: {:.1} (min {:.1}, max {:.1}, \
-             {} samples). A Zen 3 core to itself runs about 3.4; less means a neighbour shared \
-             the core and every forward ran slower, large m most (BENCHMARKS.md)",
+             {} samples). Lower than in another run of this build means a neighbour shared the \
+             core and every forward ran slower, large m most (BENCHMARKS.md)",
             p.ops_per_cycle, p.min, p.max, p.samples
         );
     }
