@@ -25,7 +25,7 @@ pub struct ModelInfo {
     /// "gguf" or "hf".
     pub format: String,
     pub weights: String,
-    /// "cpu-kernels" (our CPU forward) or "candle".
+    /// "cpu-kernels (avx2)" (our CPU forward, with its matmul's instruction set) or "candle".
     pub backend: String,
     pub parameters: usize,
     pub layers: usize,

@@ -56,11 +56,17 @@ impl Transformer {
         }
     }
 
-    /// "candle" or "cpu-kernels".
+    /// "candle", or "cpu-kernels" with the instruction set its matmul runs on, e.g.
+    /// "cpu-kernels (avx2)".
     pub fn backend(&self) -> &'static str {
+        use crate::kernels::Isa;
         match self {
             Transformer::Candle(_) => "candle",
-            Transformer::Cpu(_) => "cpu-kernels",
+            Transformer::Cpu(_) => match Isa::detect() {
+                Isa::Avx2 => "cpu-kernels (avx2)",
+                Isa::NeonDot => "cpu-kernels (neon-dotprod)",
+                Isa::Portable => "cpu-kernels (portable)",
+            },
         }
     }
 
