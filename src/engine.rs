@@ -107,7 +107,7 @@ impl Engine {
             path: path.to_path_buf(),
             format: format.into(),
             weights: model.weight_format(),
-            backend: model.backend().into(),
+            backend: model.backend(),
             parameters: cfg.num_layers * per_layer
                 + cfg.vocab_size * cfg.hidden_size
                 + head

@@ -14,10 +14,10 @@
 //! A size whose time was never measured is tried when the next smaller size's time, assumed
 //! for it, would make it the best: sizes are discovered upwards, one pass each. (Unseen guess
 //! positions count as right half the time, so the next size up always promises a little more;
-//! its first pass settles whether it pays.) Every `EXPLORE_EVERY` passes a neighbour of the best size runs once to
-//! refresh its time; probes that lose make the next one wait twice as long. Block size 1 is
-//! exactly autoregressive decoding, so on a model or machine where blocks do not pay, auto
-//! settles there and costs only the occasional probe.
+//! its first pass settles whether it pays.) Every `EXPLORE_EVERY` passes a neighbour of the
+//! best size runs once to refresh its time; probes that lose make the next one wait twice as
+//! long. Block size 1 is exactly autoregressive decoding, so on a model or machine where
+//! blocks do not pay, auto settles there and costs only the occasional probe.
 
 use super::lookup::MAX_MATCH;
 

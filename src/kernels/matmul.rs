@@ -132,8 +132,41 @@ impl Isa {
     }
 }
 
-/// The kernel without SIMD, for CPUs without AVX2 or NEON's dot product: exact integer block sums, then per block
-/// `acc += isum * (dw * dx)` and (Q4) `offset += m * s`, then `acc + offset`.
+/// Where activation rows `r0..r0 + R` start in each array of a [`QuantActs`], for the vector
+/// tile kernels.
+struct ActRows<const R: usize> {
+    /// Int8 codes, k per row.
+    q: [*const i8; R],
+    /// Scales, one per block.
+    d: [*const f32; R],
+    /// Each scale eight times ([`QuantActs::d8`]; only the AVX2 kernel reads them).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    d8: [*const f32; R],
+    /// Scales times code sums, one per block (the Q4 offset term).
+    s: [*const f32; R],
+}
+
+impl<const R: usize> ActRows<R> {
+    /// # Safety
+    /// Rows `r0..r0 + R` must exist in `x`.
+    #[inline(always)]
+    unsafe fn new(x: &QuantActs, r0: usize) -> Self {
+        let (k, nb) = (x.k, x.k / BLOCK);
+        // SAFETY: row r0 + i < x.m, and each array holds x.m rows.
+        unsafe {
+            Self {
+                q: std::array::from_fn(|i| x.qs.as_ptr().add((r0 + i) * k)),
+                d: std::array::from_fn(|i| x.d.as_ptr().add((r0 + i) * nb)),
+                d8: std::array::from_fn(|i| x.d8.as_ptr().add((r0 + i) * nb * 8)),
+                s: std::array::from_fn(|i| x.s.as_ptr().add((r0 + i) * nb)),
+            }
+        }
+    }
+}
+
+/// The kernel without SIMD, for CPUs without AVX2 or NEON's dot product: exact integer block
+/// sums, then per block `acc += isum * (dw * dx)` and (Q4) `offset += m * s`, then
+/// `acc + offset`.
 fn tile_portable(
     w: &QuantMatrix,
     x: &QuantActs,
@@ -179,7 +212,7 @@ mod avx2 {
 
     use super::super::quant::{scale_index, QuantActs, QuantMatrix, BLOCK, TILE};
     use super::super::simd::load_f16x8;
-    use super::CHUNK;
+    use super::{ActRows, CHUNK};
 
     /// Bytes `at..at + 8` of `p` in all four 64-bit lanes.
     #[inline(always)]
@@ -216,15 +249,16 @@ mod avx2 {
         o0: usize,
         out: &mut [[f32; TILE]; CHUNK],
     ) {
-        let k = x.k;
-        let nb = k / BLOCK;
+        let nb = x.k / BLOCK;
         let ones = _mm256_set1_epi16(1);
-        let xq: [*const i8; R] = std::array::from_fn(|i| x.qs.as_ptr().add((r0 + i) * k));
-        let xd: [*const f32; R] = std::array::from_fn(|i| x.d.as_ptr().add((r0 + i) * nb));
-        // Q4 multiplies by the activation scales straight from memory (see `QuantActs::d8`);
-        // for Q8 that measured 3% slower than a broadcast.
-        let xd8: [*const f32; R] = std::array::from_fn(|i| x.d8.as_ptr().add((r0 + i) * nb * 8));
-        let xs: [*const f32; R] = std::array::from_fn(|i| x.s.as_ptr().add((r0 + i) * nb));
+        // Q4 multiplies by the activation scales straight from memory (`xd8`, see
+        // `QuantActs::d8`); for Q8 that measured 3% slower than a broadcast (`xd`).
+        let ActRows {
+            q: xq,
+            d: xd,
+            d8: xd8,
+            s: xs,
+        } = ActRows::<R>::new(x, r0);
         let mut acc = [_mm256_setzero_ps(); R];
         let mut offset = [_mm256_setzero_ps(); R];
         match w {
@@ -327,7 +361,7 @@ mod neon {
     use std::arch::asm;
 
     use super::super::quant::{scale_index, QuantActs, QuantMatrix, BLOCK, TILE};
-    use super::CHUNK;
+    use super::{ActRows, CHUNK};
 
     /// `acc` plus, in lane r, the dot product of bytes 4r..4r + 4 of `w` with bytes
     /// 4L..4L + 4 of `x`.
@@ -385,11 +419,13 @@ mod neon {
         o0: usize,
         out: &mut [[f32; TILE]; CHUNK],
     ) {
-        let k = x.k;
-        let nb = k / BLOCK;
-        let xq: [*const i8; R] = std::array::from_fn(|i| x.qs.as_ptr().add((r0 + i) * k));
-        let xd: [*const f32; R] = std::array::from_fn(|i| x.d.as_ptr().add((r0 + i) * nb));
-        let xs: [*const f32; R] = std::array::from_fn(|i| x.s.as_ptr().add((r0 + i) * nb));
+        let nb = x.k / BLOCK;
+        let ActRows {
+            q: xq,
+            d: xd,
+            s: xs,
+            ..
+        } = ActRows::<R>::new(x, r0);
         let zero = vdupq_n_f32(0.0);
         let mut acc = [[zero; 2]; R];
         let mut offset = [[zero; 2]; R];
@@ -414,12 +450,11 @@ mod neon {
                             let xb = xq[i].add(b * BLOCK);
                             let (x0, x1) = (vld1q_s8(xb), vld1q_s8(xb.add(16)));
                             // Two chains of four, to halve the wait on each sdot's result.
-                            let zero = vdupq_n_s32(0);
-                            let mut low = sdot_lane::<0>(zero, lo[0], x0);
+                            let mut low = sdot_lane::<0>(vdupq_n_s32(0), lo[0], x0);
                             low = sdot_lane::<1>(low, lo[1], x0);
                             low = sdot_lane::<2>(low, lo[2], x0);
                             low = sdot_lane::<3>(low, lo[3], x0);
-                            let mut high = sdot_lane::<0>(zero, hi[0], x1);
+                            let mut high = sdot_lane::<0>(vdupq_n_s32(0), hi[0], x1);
                             high = sdot_lane::<1>(high, hi[1], x1);
                             high = sdot_lane::<2>(high, hi[2], x1);
                             high = sdot_lane::<3>(high, hi[3], x1);

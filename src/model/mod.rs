@@ -58,15 +58,12 @@ impl Transformer {
 
     /// "candle", or "cpu-kernels" with the instruction set its matmul runs on, e.g.
     /// "cpu-kernels (avx2)".
-    pub fn backend(&self) -> &'static str {
-        use crate::kernels::Isa;
+    pub fn backend(&self) -> String {
         match self {
-            Transformer::Candle(_) => "candle",
-            Transformer::Cpu(_) => match Isa::detect() {
-                Isa::Avx2 => "cpu-kernels (avx2)",
-                Isa::NeonDot => "cpu-kernels (neon-dotprod)",
-                Isa::Portable => "cpu-kernels (portable)",
-            },
+            Transformer::Candle(_) => "candle".into(),
+            Transformer::Cpu(_) => {
+                format!("cpu-kernels ({})", crate::kernels::Isa::detect().name())
+            }
         }
     }
 
