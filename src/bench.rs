@@ -91,9 +91,9 @@ pub fn final_number(text: &str) -> Option<String> {
     let mut last = None;
     let mut current = String::new();
     for c in text.chars().chain(std::iter::once(' ')) {
-        if c.is_ascii_digit() || (c == '.' || c == ',') && !current.is_empty() {
-            current.push(c);
-        } else if c == '-' && current.is_empty() {
+        let continues = (c == '.' || c == ',') && !current.is_empty();
+        let sign = c == '-' && current.is_empty();
+        if c.is_ascii_digit() || continues || sign {
             current.push(c);
         } else {
             if current.chars().any(|c| c.is_ascii_digit()) {

@@ -104,6 +104,7 @@ pub fn causal_attention<T: CacheValue>(
 multiversion! {
     /// One head's causal attention for m queries into `out` (m, hd), over the head's own cache
     /// rows widened to f32.
+    #[allow(clippy::too_many_arguments)]
     fn head(
         q: &[f32],
         k: &[f32],

@@ -30,14 +30,14 @@ impl Config {
         if self.vocab_size == 0 || self.hidden_size == 0 || self.num_layers == 0 {
             return bad("vocab size, hidden size and layer count must be positive".into());
         }
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0
+        if self.num_heads == 0 || self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads)
         {
             return bad(format!(
                 "{} attention heads cannot be grouped over {} key/value heads",
                 self.num_heads, self.num_kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 || self.head_dim * self.num_heads != self.hidden_size {
+        if !self.head_dim.is_multiple_of(2) || self.head_dim * self.num_heads != self.hidden_size {
             return bad(format!(
                 "head dim {} x {} heads does not match hidden size {}",
                 self.head_dim, self.num_heads, self.hidden_size

@@ -47,7 +47,7 @@ pub struct CpuLlama {
 
 /// Our block format for a weight, keeping the file's codes where a kernel reads them directly.
 fn to_quant(name: &str, raw: RawTensor, rows: usize, cols: usize) -> Result<QuantMatrix> {
-    if cols % BLOCK != 0 {
+    if !cols.is_multiple_of(BLOCK) {
         return Err(Error::BadConfig(format!(
             "`{name}` has rows of {cols} values; the CPU kernels need a multiple of {BLOCK}"
         )));

@@ -21,6 +21,8 @@ use crate::fsutil::write_atomic;
 
 /// A loaded model: candle's tensors (any device, training, exact weights) or our CPU kernels
 /// (fast inference on the CPU).
+// One per loaded model, so the variants' size difference costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Transformer {
     Candle(Llama),

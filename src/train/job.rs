@@ -374,7 +374,7 @@ impl JobStore {
                     k += 1;
                     id = format!("job-{created_unix}-{k}");
                 }
-                Err(e) => return Err(Error::io(&self.dir(&id), e)),
+                Err(e) => return Err(Error::io(self.dir(&id), e)),
             }
         }
         let job = Job {

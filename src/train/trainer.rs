@@ -334,7 +334,7 @@ pub fn train(
         };
         on_event(&TrainEvent::Step(stats.clone()));
         state.history.push(stats);
-        if state.step % settings.checkpoint_every == 0 && state.step < total {
+        if state.step.is_multiple_of(settings.checkpoint_every) && state.step < total {
             let path = checkpoint::save(out, state.step, &params, &adam, &state)?;
             on_event(&TrainEvent::Checkpoint {
                 step: state.step,

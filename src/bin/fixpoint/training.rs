@@ -234,8 +234,9 @@ impl TrainArgs {
         s.warmup = self.warmup.unwrap_or(s.warmup);
         s.clip = self.clip.unwrap_or(s.clip);
         s.seed = self.seed.unwrap_or(s.seed);
-        if !(s.lr > 0.0 && s.lr.is_finite()) || !(s.epochs > 0.0) || !(0.0..1.0).contains(&s.warmup)
-        {
+        // Written so that NaN fails every check.
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !positive(s.lr) || !positive(s.epochs) || !(0.0..1.0).contains(&s.warmup) {
             bail!("--lr and --epochs must be positive and --warmup in [0, 1)");
         }
         if s.clip <= 0.0 || s.ar_weight < 0.0 || s.steps == Some(0) {
