@@ -153,21 +153,27 @@ multiversion! {
 /// The same attention with explicit vectors for head sizes of 64 and 128 (a constant, so that
 /// every load's address is a register plus a fixed offset instead of a chain of additions).
 ///
-/// A task is one KV head against a run of its queries (grouped-query attention: the query heads
-/// that share it, row after row). The task walks the head's keys, then its values, a block at a
-/// time, and every query of the task passes over the block while it is in L1, two queries at a
-/// time sharing each load (a query re-reading the whole cache from L2 was bound by L2
-/// bandwidth). Blocks are read as stored, f16 widened in the multiply's own load: widening each
+/// A KV head's keys are cut into spans of [`avx2::SPAN`] positions, at fixed multiples of it.
+/// A task is one KV head and one span against every query that reaches the span (grouped-query
+/// attention: the query heads sharing the KV head, row after row), so each key and value is
+/// read once per forward, and the tasks (KV heads times spans) balance over the threads even
+/// for one token. Within the span the task walks keys, then values, a block at a time, and
+/// every query passes over the block while it is in L1, two queries at a time sharing each
+/// load. It leaves, per query, the span's score maximum, its sum of exponentials and its
+/// unnormalised output; the task that finishes a KV head's last span merges them, span by span
+/// in order. Blocks are read as stored, f16 widened in the multiply's own load: widening each
 /// block into an f32 buffer first made attention in the forward 10 to 30% slower at 8 to 16
 /// queries (the widening pass waited on the cache's lines, then its stores on the loads). Per
 /// query: each score a multiply-add chain over the head dimension whose lanes are folded by one
-/// fixed tree, a vector softmax, and each output column a chain over the keys in order. Nothing
-/// a query computes depends on which other queries, or how many rows, share its task: a block
-/// of tokens gets bit-identical results to one-token steps.
+/// fixed tree, a vector softmax per span, each output column a chain over the span's keys in
+/// order, and the merge. Spans are cut at absolute positions and nothing a query computes
+/// depends on which other queries, or how many rows, share its task: a block of tokens gets
+/// bit-identical results to one-token steps.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
     use std::cell::RefCell;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use rayon::prelude::*;
 
@@ -178,21 +184,30 @@ mod avx2 {
     const KEYS: usize = 8;
     /// Values added together: 4 KB of f16 at a head size of 64.
     const VALUES: usize = 32;
+    /// Positions per span: 15 tasks for one token on a 256-token cache with three KV heads.
+    pub const SPAN: usize = 64;
+    const _: () = assert!(SPAN.is_multiple_of(KEYS) && SPAN.is_multiple_of(VALUES));
 
     /// Per worker thread, reused across calls.
     #[derive(Default)]
     struct Scratch {
         /// The last, partial block of keys, widened and padded with zeros.
         keys: Vec<f32>,
-        /// The task's scores, one row of whole key blocks per query.
+        /// The task's scores, one row of [`SPAN`] per query.
         scores: Vec<f32>,
-        /// Per query: 1 / the softmax's sum.
-        inv: Vec<f32>,
     }
 
     thread_local! {
         static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+        /// The calling thread's per-span results, reused across calls.
+        static PARTS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     }
+
+    /// What a task leaves per query: the span's maximum score, its sum of exponentials, then
+    /// the HD outputs weighted by those exponentials.
+    const MAX: usize = 0;
+    const SUM: usize = 1;
+    const OUT: usize = 2;
 
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -206,112 +221,150 @@ mod avx2 {
         capacity: usize,
         offset: usize,
     ) -> Vec<f32> {
-        let hd = HD;
         let rep = heads / kv_heads;
-        let mut out = vec![0f32; m * heads * hd];
-        let ptr = SharedOut(out.as_mut_ptr());
-        // A KV head's queries, row after row (query i: row i / rep, head i % rep), are split
-        // into runs so that there are about two tasks per thread; each task widens its KV
-        // head's keys and values once for all its queries.
-        let runs = (2 * rayon::current_num_threads())
-            .div_ceil(kv_heads)
-            .clamp(1, m * rep);
-        let size = (m * rep).div_ceil(runs);
-        let tasks: Vec<(usize, usize)> = (0..kv_heads)
-            .flat_map(|g| (0..m * rep).step_by(size).map(move |q0| (g, q0)))
-            .collect();
-        let run = |&(g, q0): &(usize, usize)| {
-            let end = (q0 + size).min(m * rep);
-            let base = g * capacity * hd;
-            let row = |qi: usize| (q0 + qi) / rep;
-            let head = |qi: usize| g * rep + (q0 + qi) % rep;
-            let task = Task {
-                q: |qi: usize| q.as_ptr().add((head(qi) * m + row(qi)) * hd),
-                out: |qi: usize| ptr.get().add((row(qi) * heads + head(qi)) * hd),
-                len: |qi: usize| offset + row(qi) + 1,
-                queries: end - q0,
-                keys: offset + (end - 1) / rep + 1,
+        // A KV head's queries, row after row: query qi is row qi / rep, head qi % rep of the
+        // group.
+        let n = m * rep;
+        let keys = offset + m;
+        let spans = keys.div_ceil(SPAN);
+        let stride = OUT + HD;
+        let mut out = vec![0f32; m * heads * HD];
+        let optr = SharedOut(out.as_mut_ptr());
+        let with_parts = |parts: &mut Vec<f32>| {
+            // Every value read is written first by the call's tasks.
+            parts.resize(parts.len().max(kv_heads * spans * n * stride), 0.0);
+            let pptr = SharedOut(parts.as_mut_ptr());
+            let done: Vec<AtomicUsize> = (0..kv_heads).map(|_| AtomicUsize::new(0)).collect();
+            let run = |t: usize| {
+                let (g, c) = (t / spans, t % spans);
+                let head = |qi: usize| g * rep + qi % rep;
+                let base = g * capacity * HD;
+                let part = |c: usize, qi: usize| pptr.get().add(((g * spans + c) * n + qi) * stride);
+                let task = Task {
+                    q: |qi: usize| q.as_ptr().add((head(qi) * m + qi / rep) * HD),
+                    part: |qi: usize| part(c, qi),
+                    len: |qi: usize| offset + qi / rep + 1,
+                    queries: n,
+                    start: c * SPAN,
+                    end: ((c + 1) * SPAN).min(keys),
+                };
+                SCRATCH.with_borrow_mut(|scratch| {
+                    task.run::<T, HD>(&k[base..base + keys * HD], &v[base..base + keys * HD], scratch)
+                });
+                // The last of the head's spans to finish merges them; the counter orders the
+                // other tasks' writes before this one's reads.
+                if done[g].fetch_add(1, Ordering::AcqRel) + 1 == spans {
+                    for qi in 0..n {
+                        let len = offset + qi / rep + 1;
+                        let at = optr.get().add(((qi / rep) * heads + head(qi)) * HD);
+                        merge::<HD>(|c| part(c, qi), len.div_ceil(SPAN), at);
+                    }
+                }
             };
-            SCRATCH.with_borrow_mut(|scratch| {
-                task.run::<T, HD>(
-                    &k[base..base + task.keys * hd],
-                    &v[base..base + task.keys * hd],
-                    scratch,
-                )
-            });
+            if m * keys * heads <= 1 << 11 {
+                (0..kv_heads * spans).for_each(run);
+            } else {
+                (0..kv_heads * spans).into_par_iter().for_each(run);
+            }
         };
-        if m * (offset + m) * heads <= 1 << 11 {
-            tasks.iter().for_each(run);
-        } else {
-            tasks.par_iter().for_each(run);
-        }
+        // A worker waiting in this call may run another forward's whole attention.
+        PARTS.with(|parts| match parts.try_borrow_mut() {
+            Ok(mut parts) => with_parts(&mut parts),
+            Err(_) => with_parts(&mut Vec::new()),
+        });
         out
     }
 
-    /// Queries `0..queries` against keys and values `0..keys` of one KV head; query qi reads
-    /// `q(qi)` (hd values), attends to keys `0..len(qi)` (never shorter than an earlier
-    /// query's) and writes `out(qi)` (hd values, zero on entry).
-    struct Task<Q, O, L> {
-        q: Q,
-        out: O,
-        len: L,
-        queries: usize,
-        keys: usize,
+    /// One query's result from its spans `0..spans` (`part(c)`, see [`OUT`]), in span order:
+    /// each span's exponentials rescaled to the largest maximum, outputs summed, divided by
+    /// the sum.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn merge<const HD: usize>(part: impl Fn(usize) -> *mut f32, spans: usize, out: *mut f32) {
+        let max = (0..spans).fold(f32::NEG_INFINITY, |a, c| a.max(*part(c).add(MAX)));
+        let mut sum = 0f32;
+        for c in 0..spans {
+            let p = part(c);
+            // The weight replaces the span's maximum; only the merge reads it again.
+            *p.add(MAX) = exp_neg(*p.add(MAX) - max);
+            sum += *p.add(MAX) * *p.add(SUM);
+        }
+        let inv = _mm256_set1_ps(1.0 / sum);
+        for col in (0..HD).step_by(32) {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for c in 0..spans {
+                let (p, w) = (part(c), _mm256_set1_ps(*part(c).add(MAX)));
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(p.add(OUT + col + i * 8)), *a);
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.add(col + i * 8), _mm256_mul_ps(*a, inv));
+            }
+        }
     }
 
-    impl<Q, O, L> Task<Q, O, L>
+    /// Queries `0..queries` of one KV head against its keys and values `start..end` (one
+    /// span); query qi reads `q(qi)` (hd values), attends to keys `0..len(qi)` (never fewer
+    /// than an earlier query) and leaves its part of the span at `part(qi)` (see [`OUT`]).
+    struct Task<Q, P, L> {
+        q: Q,
+        part: P,
+        len: L,
+        queries: usize,
+        start: usize,
+        end: usize,
+    }
+
+    impl<Q, P, L> Task<Q, P, L>
     where
         Q: Fn(usize) -> *const f32,
-        O: Fn(usize) -> *mut f32,
+        P: Fn(usize) -> *mut f32,
         L: Fn(usize) -> usize,
     {
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn run<T: CacheValue, const HD: usize>(&self, k: &[T], v: &[T], s: &mut Scratch) {
             let (hd, n) = (HD, self.queries);
-            let padded = self.keys.div_ceil(KEYS) * KEYS;
             s.keys.resize(KEYS * hd, 0.0);
-            s.scores.resize(s.scores.len().max(n * padded), 0.0);
-            s.inv.resize(n, 0.0);
-            // Blocks ahead are hinted to L1: one token on a 1536-token cache measured 4 to 6% less
-            // attention time with the hints (calls alternating in one process), shorter caches
-            // and more tokens no different. Past the end they point nowhere, which a prefetch
-            // ignores (`wrapping_add` keeps the arithmetic defined).
+            s.scores.resize(s.scores.len().max(n * SPAN), 0.0);
+            // The span's keys are hinted to L1 two blocks ahead of the scoring, and each block's
+            // values while its keys are scored, so that the values pass finds them there (a
+            // span is 16 KB of f16 at a head size of 64). Past the end the hints point
+            // nowhere, which a prefetch ignores (`wrapping_add` keeps the arithmetic defined).
             let bytes = |rows: usize| rows * hd * std::mem::size_of::<T>();
-            for j in (0..self.keys).step_by(KEYS) {
-                let ahead = (k.as_ptr() as *const i8).wrapping_add(bytes(j + 2 * KEYS));
-                for l in (0..bytes(KEYS)).step_by(64) {
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l));
+            let hint = |p: *const T, rows: std::ops::Range<usize>| {
+                let p = p as *const i8;
+                for l in (bytes(rows.start)..bytes(rows.end.min(self.end))).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(l));
                 }
-                let have = (self.keys - j).min(KEYS);
-                let scores = s.scores.as_mut_ptr().add(j);
+            };
+            hint(k.as_ptr(), self.start..self.start + 2 * KEYS);
+            let sp = s.scores.as_mut_ptr();
+            let scores = |j: usize| sp.add(j - self.start);
+            for j in (self.start..self.end).step_by(KEYS) {
+                hint(k.as_ptr(), j + 2 * KEYS..j + 3 * KEYS);
+                hint(v.as_ptr(), j..j + KEYS);
+                let have = (self.end - j).min(KEYS);
                 if have == KEYS {
-                    self.score::<T, HD>(j, k.as_ptr().add(j * hd), scores, padded);
+                    self.score::<T, HD>(j, k.as_ptr().add(j * hd), scores(j));
                 } else {
                     // The cache past the last key is not ours to read: a copy, whose missing
                     // keys are scored, never used, kept finite (the f32 values are the same as
                     // the f16 ones).
                     widen(&k[j * hd..(j + have) * hd], &mut s.keys);
                     s.keys[have * hd..].fill(0.0);
-                    self.score::<f32, HD>(j, s.keys.as_ptr(), scores, padded);
+                    self.score::<f32, HD>(j, s.keys.as_ptr(), scores(j));
                 }
             }
-            for qi in 0..n {
-                s.inv[qi] = softmax(&mut s.scores[qi * padded..][..(self.len)(qi)]);
+            for qi in self.first(self.start)..n {
+                let part = (self.part)(qi);
+                let reach = (self.len)(qi).min(self.end) - self.start;
+                let row = std::slice::from_raw_parts_mut(scores(self.start).add(qi * SPAN), reach);
+                (*part.add(MAX), *part.add(SUM)) = softmax(row);
+                std::ptr::write_bytes(part.add(OUT), 0, hd);
             }
-            for j in (0..self.keys).step_by(VALUES) {
-                let ahead = (v.as_ptr() as *const i8).wrapping_add(bytes(j + VALUES));
-                for l in (0..bytes(VALUES)).step_by(64) {
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l));
-                }
-                let have = (self.keys - j).min(VALUES);
-                let p = s.scores.as_ptr().add(j);
-                self.add::<T, HD>(j, have, v.as_ptr().add(j * hd), p, padded);
-            }
-            for qi in 0..n {
-                let (out, inv) = ((self.out)(qi), _mm256_set1_ps(s.inv[qi]));
-                for c in (0..hd).step_by(8) {
-                    _mm256_storeu_ps(out.add(c), _mm256_mul_ps(_mm256_loadu_ps(out.add(c)), inv));
-                }
+            for j in (self.start..self.end).step_by(VALUES) {
+                let have = (self.end - j).min(VALUES);
+                self.add::<T, HD>(j, have, v.as_ptr().add(j * hd), scores(j));
             }
         }
 
@@ -324,7 +377,7 @@ mod avx2 {
         }
 
         /// Scores of every query that reaches them against the [`KEYS`] keys at `keys` (key j
-        /// of the head onwards), into `scores` (key j of query 0's row; rows `padded` apart),
+        /// of the head onwards), into `scores` (key j of query 0's row; rows [`SPAN`] apart),
         /// two queries at a time sharing every load.
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn score<E: CacheValue, const HD: usize>(
@@ -332,10 +385,9 @@ mod avx2 {
             j: usize,
             keys: *const E,
             scores: *mut f32,
-            padded: usize,
         ) {
             let scale = _mm_set1_ps(1.0 / (HD as f32).sqrt());
-            let (n, out) = (self.queries, |qi: usize| scores.add(qi * padded));
+            let (n, out) = (self.queries, |qi: usize| scores.add(qi * SPAN));
             let mut qi = self.first(j);
             while qi + 2 <= n {
                 let (q, o) = ([(self.q)(qi), (self.q)(qi + 1)], [out(qi), out(qi + 1)]);
@@ -348,7 +400,7 @@ mod avx2 {
         }
 
         /// Adds the `have` values at `values` (value j of the head onwards), weighted by the
-        /// softmax numerators at `p` (rows `padded` apart), to every query that reaches them,
+        /// softmax numerators at `p` (rows [`SPAN`] apart), to every query that reaches them,
         /// two queries at a time sharing every load.
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn add<E: CacheValue, const HD: usize>(
@@ -357,22 +409,22 @@ mod avx2 {
             have: usize,
             values: *const E,
             p: *const f32,
-            padded: usize,
         ) {
             let n = self.queries;
-            let p = |qi: usize| p.add(qi * padded);
+            let p = |qi: usize| p.add(qi * SPAN);
+            let out = |qi: usize| (self.part)(qi).add(OUT);
             let rows = |qi: usize| ((self.len)(qi) - j).min(have);
             let mut qi = self.first(j);
             while qi + 2 <= n {
                 // Both take the values they share, then the later row its own last ones.
                 let (a, b) = (rows(qi), rows(qi + 1));
-                let out = [(self.out)(qi), (self.out)(qi + 1)];
-                add_values::<E, HD, 2>([p(qi), p(qi + 1)], 0..a.min(b), values, out);
-                add_values::<E, HD, 1>([p(qi + 1)], a.min(b)..b, values, [out[1]]);
+                let o = [out(qi), out(qi + 1)];
+                add_values::<E, HD, 2>([p(qi), p(qi + 1)], 0..a.min(b), values, o);
+                add_values::<E, HD, 1>([p(qi + 1)], a.min(b)..b, values, [o[1]]);
                 qi += 2;
             }
             if qi < n {
-                add_values::<E, HD, 1>([p(qi)], 0..rows(qi), values, [(self.out)(qi)]);
+                add_values::<E, HD, 1>([p(qi)], 0..rows(qi), values, [out(qi)]);
             }
         }
     }
@@ -423,10 +475,11 @@ mod avx2 {
         }
     }
 
-    /// Scores to softmax numerators in place; returns 1 / their sum. The max is exact in any
-    /// order; the sum keeps eight lane sums, folded by `sum_lanes`, then the tail in order.
+    /// Scores to softmax numerators in place; returns their maximum and the numerators' sum.
+    /// The max is exact in any order; the sum keeps eight lane sums, folded by `sum_lanes`,
+    /// then the tail in order.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn softmax(scores: &mut [f32]) -> f32 {
+    unsafe fn softmax(scores: &mut [f32]) -> (f32, f32) {
         let (len, sp) = (scores.len(), scores.as_mut_ptr());
         let whole = len / 8 * 8;
         let mut mv = _mm256_set1_ps(f32::NEG_INFINITY);
@@ -452,7 +505,7 @@ mod avx2 {
             *s = exp_neg(*s - max);
             total += *s;
         }
-        1.0 / total
+        (max, total)
     }
 
     /// For each of Q queries, `out += p[t] * values row t` for rows `t` in order (HD values each):
@@ -543,7 +596,14 @@ mod tests {
     }
 
     fn check_head_size(hd: usize) {
-        let (nh, nkv, cap) = (6, 2, 64);
+        // Blocks within one span, across a span's end, and on a cache of several spans.
+        for (m, off) in [(7, 30), (7, 60), (5, 190)] {
+            check_block(hd, m, off);
+        }
+    }
+
+    fn check_block(hd: usize, m: usize, off: usize) {
+        let (nh, nkv, cap) = (6, 2, 256);
         let mut seed = 1u32;
         let mut rnd = || {
             seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
@@ -558,7 +618,6 @@ mod tests {
             k.iter().map(|x| x.to_f32()).collect(),
             v.iter().map(|x| x.to_f32()).collect(),
         );
-        let (m, off) = (7, 30);
         let q: Vec<f32> = (0..nh * m * hd).map(|_| rnd() * 4.0).collect();
         let got = causal_attention(&q, &k, &v, nh, nkv, m, hd, cap, off);
         let want = naive(&q, &kf, &vf, nh, nkv, m, hd, cap, off);
