@@ -393,7 +393,7 @@ pub fn run(engine: &Engine, cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> Res
         cache_tokens: cfg.cache_tokens,
         threads: crate::kernels::pool().current_num_threads(),
         vector_probe: VectorProbe::summarize(probes),
-        cpu_kernels: crate::kernels::Isa::detect().name().to_string(),
+        cpu_kernels: crate::kernels::Isa::current().name().to_string(),
     })
 }
 

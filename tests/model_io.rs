@@ -248,7 +248,7 @@ fn cpu_kernels_agree_with_candle_on_the_same_quantized_file() {
         assert_eq!(candle.model().backend(), "candle");
         assert_eq!(
             fast.model().backend(),
-            format!("cpu-kernels ({})", fixpoint::kernels::Isa::detect().name())
+            format!("cpu-kernels ({})", fixpoint::kernels::Isa::current().name())
         );
         // Same weights and int8 activations per 32 values; candle stores activation scales as
         // f16 (we keep f32) and sums in another order, and a code that rounds the other way

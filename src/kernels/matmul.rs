@@ -34,13 +34,18 @@ const ROWS_PER_TASK: usize = 32;
 const _: () = assert!(ROWS_PER_TASK.is_multiple_of(TILE));
 
 pub fn matmul(w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
+    matmul_with(Isa::current(), w, x, out)
+}
+
+/// [`matmul`] with a given instruction set, which must be one of [`Isa::available`].
+pub fn matmul_with(isa: Isa, w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
+    assert!(isa.is_available(), "{} kernels on a CPU without them", isa.name());
     let (n, k) = w.dims();
     assert_eq!(x.k, k, "activation width {} vs weight width {k}", x.k);
     let m = x.m;
     assert_eq!(out.len(), m * n);
     let ptr = SharedOut(out.as_mut_ptr());
     let tasks = n.div_ceil(ROWS_PER_TASK);
-    let isa = Isa::detect();
     let run = |t: usize| {
         let (start, end) = (t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(n));
         let mut tile = [[0f32; TILE]; CHUNK];
@@ -82,6 +87,9 @@ pub fn matmul(w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
 pub enum Isa {
     /// x86-64 with AVX2, FMA and F16C.
     Avx2,
+    /// AVX2 plus AVX-512 VNNI and VL (`vpdpbusd` on 256-bit vectors: Intel Ice Lake and later
+    /// servers, AMD Zen 4 and later).
+    Avx512Vnni,
     /// AArch64 with the dot-product extension (`sdot`: Apple M1 and later, Cortex-A55/A76 and
     /// later, Graviton 2 and later).
     NeonDot,
@@ -90,20 +98,64 @@ pub enum Isa {
 }
 
 impl Isa {
+    const ALL: [Isa; 4] = [Isa::Avx512Vnni, Isa::Avx2, Isa::NeonDot, Isa::Portable];
+
+    /// The fastest instruction set this CPU has.
     pub fn detect() -> Self {
-        if super::simd::has_avx2() {
-            return Isa::Avx2;
+        Self::available()[0]
+    }
+
+    /// The one the kernels use: [`Isa::detect`], unless the environment variable
+    /// `FIXPOINT_KERNELS` names another that this CPU has (for comparing them in one run).
+    pub fn current() -> Self {
+        static CURRENT: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *CURRENT.get_or_init(|| {
+            let Ok(name) = std::env::var("FIXPOINT_KERNELS") else {
+                return Self::detect();
+            };
+            match Self::available().into_iter().find(|isa| isa.name() == name) {
+                Some(isa) => isa,
+                None => {
+                    let have: Vec<_> = Self::available().iter().map(|i| i.name()).collect();
+                    tracing::warn!(
+                        "FIXPOINT_KERNELS={name}: this CPU has {}; using {}",
+                        have.join(", "),
+                        Self::detect().name()
+                    );
+                    Self::detect()
+                }
+            }
+        })
+    }
+
+    /// Every instruction set this CPU can run, fastest first.
+    pub fn available() -> Vec<Isa> {
+        Self::ALL.into_iter().filter(|i| i.is_available()).collect()
+    }
+
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Avx2 => super::simd::has_avx2(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                super::simd::has_avx2()
+                    && std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512vl")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDot => std::arch::is_aarch64_feature_detected!("dotprod"),
+            Isa::Portable => true,
+            #[allow(unreachable_patterns)]
+            _ => false,
         }
-        #[cfg(target_arch = "aarch64")]
-        if std::arch::is_aarch64_feature_detected!("dotprod") {
-            return Isa::NeonDot;
-        }
-        Isa::Portable
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512-vnni",
             Isa::NeonDot => "neon-dotprod",
             Isa::Portable => "portable",
         }
@@ -124,6 +176,9 @@ impl Isa {
             // r0..r0 + R exist.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { avx2::tile::<R>(w, x, r0, o0, out) },
+            // SAFETY: as above, with AVX-512 F, VL, BW and VNNI detected.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => unsafe { avx2::tile_vnni::<R>(w, x, r0, o0, out) },
             // SAFETY: as above, with the dot-product extension detected.
             #[cfg(target_arch = "aarch64")]
             Isa::NeonDot => unsafe { neon::tile::<R>(w, x, r0, o0, out) },
@@ -236,6 +291,83 @@ mod avx2 {
         _mm256_blend_epi32(a, b, 0b1010_1010)
     }
 
+    /// How a kernel sums products of unsigned and signed bytes into 32-bit lanes, four bytes
+    /// per lane. Both ways give the same exact integers, so the two kernels' results are
+    /// bit-identical.
+    trait Dot {
+        /// A Q4 block's sums for one activation row: lane r is weight row r's 32 codes (low
+        /// nibbles `lo`, high `hi`, four bytes per lane and vector) times the row's codes
+        /// `x[xb..xb + 32]`.
+        unsafe fn q4(lo: &[__m256i; 4], hi: &[__m256i; 4], x: *const i8, xb: usize) -> __m256i;
+        /// Four Q8 vectors at `w` against the activation bytes `xc` (`xc[v]` against vector
+        /// v), summed per 32-bit lane.
+        unsafe fn q8(w: *const i8, xc: &[__m256i; 4]) -> __m256i;
+    }
+
+    /// AVX2: `vpmaddubsw` (pairs into 16 bits), then `vpmaddwd` by ones (into 32).
+    struct Madd;
+
+    impl Dot for Madd {
+        #[inline(always)]
+        unsafe fn q4(lo: &[__m256i; 4], hi: &[__m256i; 4], x: *const i8, xb: usize) -> __m256i {
+            let part = |v: usize| {
+                _mm256_add_epi16(
+                    _mm256_maddubs_epi16(lo[v], bcast4(x, xb + 4 * v)),
+                    _mm256_maddubs_epi16(hi[v], bcast4(x, xb + 16 + 4 * v)),
+                )
+            };
+            // Codes < 16 and |x| <= 127: a lane's eight 2-value sums stay below
+            // 8 * 15 * 127 * 2 = 30480 < 2^15.
+            let sum = _mm256_add_epi16(
+                _mm256_add_epi16(part(0), part(1)),
+                _mm256_add_epi16(part(2), part(3)),
+            );
+            _mm256_madd_epi16(sum, _mm256_set1_epi16(1))
+        }
+
+        #[inline(always)]
+        unsafe fn q8(w: *const i8, xc: &[__m256i; 4]) -> __m256i {
+            // Products of two int8 codes: sum pairs into i32 at once (two would overflow i16).
+            let part = |v: usize| {
+                let wv = _mm256_loadu_si256(w.add(v * 32) as *const __m256i);
+                // maddubs multiplies unsigned by signed: move w's sign onto x.
+                let p = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xc[v], wv));
+                _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+            };
+            _mm256_add_epi32(
+                _mm256_add_epi32(part(0), part(1)),
+                _mm256_add_epi32(part(2), part(3)),
+            )
+        }
+    }
+
+    /// AVX-512 VNNI on 256-bit vectors: `vpdpbusd` multiplies and adds four bytes into each
+    /// 32-bit lane in one instruction, where AVX2 takes three.
+    struct Vnni;
+
+    impl Dot for Vnni {
+        #[inline(always)]
+        unsafe fn q4(lo: &[__m256i; 4], hi: &[__m256i; 4], x: *const i8, xb: usize) -> __m256i {
+            // Two chains, so that each waits on four multiply-adds instead of eight.
+            let (mut a, mut b) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            for v in 0..4 {
+                a = _mm256_dpbusd_epi32(a, lo[v], bcast4(x, xb + 4 * v));
+                b = _mm256_dpbusd_epi32(b, hi[v], bcast4(x, xb + 16 + 4 * v));
+            }
+            _mm256_add_epi32(a, b)
+        }
+
+        #[inline(always)]
+        unsafe fn q8(w: *const i8, xc: &[__m256i; 4]) -> __m256i {
+            let mut acc = _mm256_setzero_si256();
+            for (v, xc) in xc.iter().enumerate() {
+                let wv = _mm256_loadu_si256(w.add(v * 32) as *const __m256i);
+                acc = _mm256_dpbusd_epi32(acc, _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(*xc, wv));
+            }
+            acc
+        }
+    }
+
     /// Weight rows `o0..o0 + 8` (a tile) against activation rows `r0..r0 + R`: `out[i][lane]`
     /// is row r0 + i against weight row o0 + lane. Per block, each activation row's eight
     /// integer sums end up in one vector (lane = weight row), then
@@ -249,8 +381,31 @@ mod avx2 {
         o0: usize,
         out: &mut [[f32; TILE]; CHUNK],
     ) {
+        tile_with::<R, Madd>(w, x, r0, o0, out)
+    }
+
+    /// [`tile`] with AVX-512 VNNI's multiply-adds (bit-identical results). With AVX-512VL
+    /// the compiler also has 32 vector registers instead of 16.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+    pub unsafe fn tile_vnni<const R: usize>(
+        w: &QuantMatrix,
+        x: &QuantActs,
+        r0: usize,
+        o0: usize,
+        out: &mut [[f32; TILE]; CHUNK],
+    ) {
+        tile_with::<R, Vnni>(w, x, r0, o0, out)
+    }
+
+    #[inline(always)]
+    unsafe fn tile_with<const R: usize, D: Dot>(
+        w: &QuantMatrix,
+        x: &QuantActs,
+        r0: usize,
+        o0: usize,
+        out: &mut [[f32; TILE]; CHUNK],
+    ) {
         let nb = x.k / BLOCK;
-        let ones = _mm256_set1_epi16(1);
         // Q4 multiplies by the activation scales straight from memory (`xd8`, see
         // `QuantActs::d8`); for Q8 that measured 3% slower than a broadcast (`xd`).
         let ActRows {
@@ -281,20 +436,7 @@ mod avx2 {
                     let at = scale_index(nb, o0, b);
                     let dw = load_f16x8(d.as_ptr().add(at));
                     for i in 0..R {
-                        let xb = b * BLOCK;
-                        let part = |v: usize| {
-                            _mm256_add_epi16(
-                                _mm256_maddubs_epi16(lo[v], bcast4(xq[i], xb + 4 * v)),
-                                _mm256_maddubs_epi16(hi[v], bcast4(xq[i], xb + 16 + 4 * v)),
-                            )
-                        };
-                        // Codes < 16 and |x| <= 127: a lane's eight 2-value sums stay below
-                        // 8 * 15 * 127 * 2 = 30480 < 2^15.
-                        let sum = _mm256_add_epi16(
-                            _mm256_add_epi16(part(0), part(1)),
-                            _mm256_add_epi16(part(2), part(3)),
-                        );
-                        let isum = _mm256_madd_epi16(sum, ones);
+                        let isum = D::q4(&lo, &hi, xq[i], b * BLOCK);
                         let scale = _mm256_mul_ps(dw, _mm256_loadu_ps(xd8[i].add(b * 8)));
                         acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[i]);
                     }
@@ -319,24 +461,8 @@ mod avx2 {
                     for i in 0..R {
                         let xc: [__m256i; 4] =
                             std::array::from_fn(|c| bcast8(xq[i], b * BLOCK + c * 8));
-                        // Vector v holds bytes (v % 4) * 8.. of group v / 4. Products of two
-                        // int8 codes: sum pairs into i32 at once (two would overflow i16).
-                        let part = |v: usize| {
-                            let wv =
-                                _mm256_loadu_si256(base.add(b * 256 + v * 32) as *const __m256i);
-                            // maddubs multiplies unsigned by signed: move w's sign onto x.
-                            let p = _mm256_maddubs_epi16(
-                                _mm256_sign_epi8(wv, wv),
-                                _mm256_sign_epi8(xc[v % 4], wv),
-                            );
-                            _mm256_madd_epi16(p, ones)
-                        };
-                        let group = |g: usize| {
-                            _mm256_add_epi32(
-                                _mm256_add_epi32(part(4 * g), part(4 * g + 1)),
-                                _mm256_add_epi32(part(4 * g + 2), part(4 * g + 3)),
-                            )
-                        };
+                        // Vector v holds bytes (v % 4) * 8.. of group v / 4.
+                        let group = |g: usize| D::q8(base.add(b * 256 + g * 128), &xc);
                         let isum = interleave(group(0), group(1));
                         let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*xd[i].add(b)));
                         acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[i]);
@@ -586,13 +712,34 @@ mod tests {
         a
     }
 
+    /// Every instruction set this CPU has against the reference; the vector ones against each
+    /// other, bit for bit (they sum the same integers and run the same float steps).
     fn check(w: &QuantMatrix, x: &QuantActs) {
         let (n, _) = w.dims();
-        let mut out = vec![0f32; x.m * n];
-        matmul(w, x, &mut out);
         let want = matmul_reference(w, x);
+        let mut vector: Option<(Isa, Vec<f32>)> = None;
+        for isa in Isa::available() {
+            let mut out = vec![0f32; x.m * n];
+            matmul_with(isa, w, x, &mut out);
+            check_close(&out, &want);
+            if isa == Isa::Portable {
+                continue;
+            }
+            match &vector {
+                Some((first, v)) => assert!(
+                    v.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{} and {} kernels differ",
+                    first.name(),
+                    isa.name()
+                ),
+                None => vector = Some((isa, out)),
+            }
+        }
+    }
+
+    fn check_close(out: &[f32], want: &[f32]) {
         let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-        for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+        for (i, (a, b)) in out.iter().zip(want).enumerate() {
             assert!(
                 (a - b).abs() <= 1e-3 * scale.max(1e-6),
                 "{}: {a} vs {b} (scale {scale})",
@@ -633,22 +780,27 @@ mod tests {
             let raw = raw_acts(m, k, 9);
             let mut x = QuantActs::default();
             x.quantize(&raw, m, k);
-            let mut all = vec![0f32; m * n];
-            matmul(&w, &x, &mut all);
-            // Every chunk size, at every offset into the rows.
-            for rows in 1..=CHUNK + 1 {
-                for r0 in [0, 1, m - rows] {
-                    let mut part = QuantActs::default();
-                    part.quantize(&raw[r0 * k..(r0 + rows) * k], rows, k);
-                    let mut out = vec![0f32; rows * n];
-                    matmul(&w, &part, &mut out);
-                    assert_eq!(
-                        &out[..],
-                        &all[r0 * n..(r0 + rows) * n],
-                        "{rows} rows from {r0}"
-                    );
+            for isa in Isa::available() {
+                let mut all = vec![0f32; m * n];
+                matmul_with(isa, &w, &x, &mut all);
+                // Every chunk size, at every offset into the rows.
+                for rows in 1..=CHUNK + 1 {
+                    for r0 in [0, 1, m - rows] {
+                        let mut part = QuantActs::default();
+                        part.quantize(&raw[r0 * k..(r0 + rows) * k], rows, k);
+                        let mut out = vec![0f32; rows * n];
+                        matmul_with(isa, &w, &part, &mut out);
+                        assert_eq!(
+                            &out[..],
+                            &all[r0 * n..(r0 + rows) * n],
+                            "{}: {rows} rows from {r0}",
+                            isa.name()
+                        );
+                    }
                 }
             }
+            let mut all = vec![0f32; m * n];
+            matmul(&w, &x, &mut all);
             // The portable kernel sums in another order (no fused multiply-add): close, not
             // equal.
             let mut portable = [[0f32; TILE]; CHUNK];

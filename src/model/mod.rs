@@ -64,7 +64,7 @@ impl Transformer {
         match self {
             Transformer::Candle(_) => "candle".into(),
             Transformer::Cpu(_) => {
-                format!("cpu-kernels ({})", crate::kernels::Isa::detect().name())
+                format!("cpu-kernels ({})", crate::kernels::Isa::current().name())
             }
         }
     }
