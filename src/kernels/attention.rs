@@ -239,7 +239,8 @@ mod avx2 {
                 let (g, c) = (t / spans, t % spans);
                 let head = |qi: usize| g * rep + qi % rep;
                 let base = g * capacity * HD;
-                let part = |c: usize, qi: usize| pptr.get().add(((g * spans + c) * n + qi) * stride);
+                let part =
+                    |c: usize, qi: usize| pptr.get().add(((g * spans + c) * n + qi) * stride);
                 let task = Task {
                     q: |qi: usize| q.as_ptr().add((head(qi) * m + qi / rep) * HD),
                     part: |qi: usize| part(c, qi),
@@ -249,7 +250,11 @@ mod avx2 {
                     end: ((c + 1) * SPAN).min(keys),
                 };
                 SCRATCH.with_borrow_mut(|scratch| {
-                    task.run::<T, HD>(&k[base..base + keys * HD], &v[base..base + keys * HD], scratch)
+                    task.run::<T, HD>(
+                        &k[base..base + keys * HD],
+                        &v[base..base + keys * HD],
+                        scratch,
+                    )
                 });
                 // The last of the head's spans to finish merges them; the counter orders the
                 // other tasks' writes before this one's reads.
@@ -279,7 +284,11 @@ mod avx2 {
     /// each span's exponentials rescaled to the largest maximum, outputs summed, divided by
     /// the sum.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn merge<const HD: usize>(part: impl Fn(usize) -> *mut f32, spans: usize, out: *mut f32) {
+    unsafe fn merge<const HD: usize>(
+        part: impl Fn(usize) -> *mut f32,
+        spans: usize,
+        out: *mut f32,
+    ) {
         let max = (0..spans).fold(f32::NEG_INFINITY, |a, c| a.max(*part(c).add(MAX)));
         let mut sum = 0f32;
         for c in 0..spans {

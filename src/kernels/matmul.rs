@@ -38,7 +38,11 @@ pub fn matmul(w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
 
 /// [`matmul`] with a given instruction set, which must be one of [`Isa::available`].
 pub fn matmul_with(isa: Isa, w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
-    assert!(isa.is_available(), "{} kernels on a CPU without them", isa.name());
+    assert!(
+        isa.is_available(),
+        "{} kernels on a CPU without them",
+        isa.name()
+    );
     let (n, k) = w.dims();
     assert_eq!(x.k, k, "activation width {} vs weight width {k}", x.k);
     let m = x.m;
