@@ -225,6 +225,7 @@ mod avx2 {
         // A KV head's queries, row after row: query qi is row qi / rep, head qi % rep of the
         // group.
         let n = m * rep;
+        let len = |qi: usize| offset + qi / rep + 1;
         let keys = offset + m;
         let spans = keys.div_ceil(SPAN);
         let stride = OUT + HD;
@@ -244,7 +245,7 @@ mod avx2 {
                 let task = Task {
                     q: |qi: usize| q.as_ptr().add((head(qi) * m + qi / rep) * HD),
                     part: |qi: usize| part(c, qi),
-                    len: |qi: usize| offset + qi / rep + 1,
+                    len,
                     queries: n,
                     start: c * SPAN,
                     end: ((c + 1) * SPAN).min(keys),
@@ -260,9 +261,8 @@ mod avx2 {
                 // other tasks' writes before this one's reads.
                 if done[g].fetch_add(1, Ordering::AcqRel) + 1 == spans {
                     for qi in 0..n {
-                        let len = offset + qi / rep + 1;
                         let at = optr.get().add(((qi / rep) * heads + head(qi)) * HD);
-                        merge::<HD>(|c| part(c, qi), len.div_ceil(SPAN), at);
+                        merge::<HD>(|c| part(c, qi), len(qi).div_ceil(SPAN), at);
                     }
                 }
             };
@@ -301,7 +301,8 @@ mod avx2 {
         for col in (0..HD).step_by(32) {
             let mut acc = [_mm256_setzero_ps(); 4];
             for c in 0..spans {
-                let (p, w) = (part(c), _mm256_set1_ps(*part(c).add(MAX)));
+                let p = part(c);
+                let w = _mm256_set1_ps(*p.add(MAX));
                 for (i, a) in acc.iter_mut().enumerate() {
                     *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(p.add(OUT + col + i * 8)), *a);
                 }

@@ -790,7 +790,8 @@ mod tests {
 
     #[test]
     fn results_do_not_depend_on_how_many_rows_share_the_call() {
-        // n = 100: the last tile of eight rows is part padding. m = 11: chunks of 4, 4 and 3.
+        // n = 100: the last tile of eight rows is part padding. m = 11: chunks of 4, 4 and 3
+        // (or 8 and 3, see `Isa::chunk`).
         let (n, m) = (100, 11);
         for (k, w) in [192, 576].into_iter().flat_map(|k| {
             [
