@@ -33,9 +33,12 @@ use super::simd::SharedOut;
 /// that the accumulators stay in registers.
 pub const CHUNK: usize = 8;
 
+/// Weight rows per call of the two-tile kernel ([`Isa::pair`]).
+const PAIR: usize = 2 * TILE;
+
 /// Weight rows per task: small enough to balance two threads, large enough to amortise.
 const ROWS_PER_TASK: usize = 32;
-const _: () = assert!(ROWS_PER_TASK.is_multiple_of(2 * TILE));
+const _: () = assert!(ROWS_PER_TASK.is_multiple_of(PAIR));
 
 pub fn matmul(w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
     matmul_with(Isa::current(), w, x, out)
@@ -55,17 +58,18 @@ pub fn matmul_with(isa: Isa, w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
     let ptr = SharedOut(out.as_mut_ptr());
     let tasks = n.div_ceil(ROWS_PER_TASK);
     let chunk = isa.chunk(w);
-    // Row r0 + i of `vals`, columns o0..o0 + cols, into `out`.
-    let store = |vals: &[f32], r: usize, o0: usize, cols: usize| {
-        // SAFETY: row r, columns o0..o0 + cols are in bounds and owned by the calling task.
-        unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr(), ptr.get().add(r * n + o0), cols) };
-    };
     let run = |t: usize| {
         let (start, end) = (t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(n));
-        let mut tile = [[0f32; TILE]; CHUNK];
-        let mut pair = [[0f32; 2 * TILE]; CHUNK];
-        // Tasks start at multiples of ROWS_PER_TASK, itself a multiple of 2 * TILE; rows past
-        // n in the last tile are zero padding, computed and dropped.
+        // Row r0, weight row o0 onwards, of `out`; `width` weight rows of which those before
+        // `end` are this task's.
+        // SAFETY: row r0 < m and o0 < end <= n.
+        let dest = |r0: usize, o0: usize, width: usize| Dest {
+            ptr: unsafe { ptr.get().add(r0 * n + o0) },
+            stride: n,
+            cols: (end - o0).min(width),
+        };
+        // Tasks start at multiples of ROWS_PER_TASK, itself a multiple of PAIR; rows past n
+        // in the last tile are zero padding, computed and dropped.
         let mut o0 = start;
         while o0 < end {
             // Two tiles at once where the second has rows of this task.
@@ -73,25 +77,20 @@ pub fn matmul_with(isa: Isa, w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
             for r0 in (0..m).step_by(chunk) {
                 let rows = (m - r0).min(chunk);
                 if tiles == 2 && rows >= isa.pair_rows(w) {
-                    isa.pair(w, x, r0, rows, o0, &mut pair);
-                    for (i, vals) in pair.iter().enumerate().take(rows) {
-                        store(vals, r0 + i, o0, (end - o0).min(2 * TILE));
-                    }
+                    isa.pair(w, x, r0, rows, o0, dest(r0, o0, PAIR));
                     continue;
                 }
                 for o0 in (o0..end).step_by(TILE).take(tiles) {
+                    let out = dest(r0, o0, TILE);
                     match rows {
-                        1 => isa.tile::<1>(w, x, r0, o0, &mut tile),
-                        2 => isa.tile::<2>(w, x, r0, o0, &mut tile),
-                        3 => isa.tile::<3>(w, x, r0, o0, &mut tile),
-                        4 => isa.tile::<4>(w, x, r0, o0, &mut tile),
-                        5 => isa.tile::<5>(w, x, r0, o0, &mut tile),
-                        6 => isa.tile::<6>(w, x, r0, o0, &mut tile),
-                        7 => isa.tile::<7>(w, x, r0, o0, &mut tile),
-                        _ => isa.tile::<8>(w, x, r0, o0, &mut tile),
-                    }
-                    for (i, vals) in tile.iter().enumerate().take(rows) {
-                        store(vals, r0 + i, o0, (end - o0).min(TILE));
+                        1 => isa.tile::<1>(w, x, r0, o0, out),
+                        2 => isa.tile::<2>(w, x, r0, o0, out),
+                        3 => isa.tile::<3>(w, x, r0, o0, out),
+                        4 => isa.tile::<4>(w, x, r0, o0, out),
+                        5 => isa.tile::<5>(w, x, r0, o0, out),
+                        6 => isa.tile::<6>(w, x, r0, o0, out),
+                        7 => isa.tile::<7>(w, x, r0, o0, out),
+                        _ => isa.tile::<8>(w, x, r0, o0, out),
                     }
                 }
             }
@@ -102,6 +101,27 @@ pub fn matmul_with(isa: Isa, w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
         (0..tasks).into_par_iter().for_each(run);
     } else {
         (0..tasks).for_each(run);
+    }
+}
+
+/// Where a kernel call writes its results: activation row i's sums for the tile's (or pair's)
+/// weight rows go to `ptr + i * stride` onwards, the first `cols` of them; the rest are padding
+/// or another task's. The kernels store straight into the output (whole tiles with plain
+/// vector stores, others masked), since copying each row out of a buffer cost a call to
+/// memmove per row and tile, 4% of a 16-token forward.
+#[derive(Clone, Copy)]
+struct Dest {
+    ptr: *mut f32,
+    stride: usize,
+    cols: usize,
+}
+
+impl Dest {
+    /// # Safety
+    /// Row i must be one of the call's activation rows.
+    #[inline(always)]
+    unsafe fn row(self, i: usize) -> *mut f32 {
+        unsafe { self.ptr.add(i * self.stride) }
     }
 }
 
@@ -183,7 +203,7 @@ impl Isa {
     /// (not measured on Arm hardware).
     pub fn chunk(self, w: &QuantMatrix) -> usize {
         match (self, w) {
-            (Isa::Avx512Vnni, _) | (Isa::Avx2, QuantMatrix::Q8 { .. }) => 8,
+            (Isa::Avx512Vnni, _) | (Isa::Avx2, QuantMatrix::Q8 { .. }) => CHUNK,
             _ => 4,
         }
     }
@@ -208,15 +228,7 @@ impl Isa {
 
     /// Two tiles (weight rows o0..o0 + 16) against activation rows r0..r0 + rows.
     #[inline(always)]
-    fn pair(
-        self,
-        w: &QuantMatrix,
-        x: &QuantActs,
-        r0: usize,
-        rows: usize,
-        o0: usize,
-        out: &mut [[f32; 2 * TILE]; CHUNK],
-    ) {
+    fn pair(self, w: &QuantMatrix, x: &QuantActs, r0: usize, rows: usize, o0: usize, out: Dest) {
         #[cfg(target_arch = "x86_64")]
         if self == Isa::Avx512Vnni {
             // SAFETY: AVX-512 F, VL, BW and VNNI were detected; both tiles are stored and
@@ -249,14 +261,7 @@ impl Isa {
 
     /// One tile against activation rows `r0..r0 + R` (see [`avx2::tile`]).
     #[inline(always)]
-    fn tile<const R: usize>(
-        self,
-        w: &QuantMatrix,
-        x: &QuantActs,
-        r0: usize,
-        o0: usize,
-        out: &mut [[f32; TILE]; CHUNK],
-    ) {
+    fn tile<const R: usize>(self, w: &QuantMatrix, x: &QuantActs, r0: usize, o0: usize, out: Dest) {
         match self {
             // SAFETY: AVX2, FMA and F16C were detected; the tile is stored whole and rows
             // r0..r0 + R exist.
@@ -308,19 +313,11 @@ impl<const R: usize> ActRows<R> {
 /// The kernel without SIMD, for CPUs without AVX2 or NEON's dot product: exact integer block
 /// sums, then per block `acc += isum * (dw * dx)` and (Q4) `offset += m * s`, then
 /// `acc + offset`.
-fn tile_portable(
-    w: &QuantMatrix,
-    x: &QuantActs,
-    r0: usize,
-    rows: usize,
-    o0: usize,
-    out: &mut [[f32; TILE]; CHUNK],
-) {
+fn tile_portable(w: &QuantMatrix, x: &QuantActs, r0: usize, rows: usize, o0: usize, out: Dest) {
     let nb = x.k / BLOCK;
-    for (i, res) in out.iter_mut().enumerate().take(rows) {
+    for i in 0..rows {
         let r = r0 + i;
-        for (lane, res) in res.iter_mut().enumerate() {
-            // Tiles are stored whole, so every lane is a stored (maybe padding) row.
+        for lane in 0..out.cols {
             let o = o0 + lane;
             let (mut acc, mut offset) = (0f32, 0f32);
             for b in 0..nb {
@@ -342,7 +339,8 @@ fn tile_portable(
                 acc += isum as f32 * (w.scale(o, b) * x.scale(r, b));
                 offset += w.offset(o, b) * x.scaled_sum(r, b);
             }
-            *res = acc + offset;
+            // SAFETY: row i is one of the call's and lane < cols.
+            unsafe { *out.row(i).add(lane) = acc + offset };
         }
     }
 }
@@ -353,7 +351,7 @@ mod avx2 {
 
     use super::super::quant::{scale_index, QuantActs, QuantMatrix, BLOCK, TILE};
     use super::super::simd::load_f16x8;
-    use super::{ActRows, CHUNK};
+    use super::{ActRows, Dest, PAIR};
 
     /// Bytes `at..at + 8` of `p` in all four 64-bit lanes.
     #[inline(always)]
@@ -465,7 +463,7 @@ mod avx2 {
         x: &QuantActs,
         r0: usize,
         o0: usize,
-        out: &mut [[f32; TILE]; CHUNK],
+        out: Dest,
     ) {
         tile_with::<R, Madd>(w, x, r0, o0, out)
     }
@@ -478,7 +476,7 @@ mod avx2 {
         x: &QuantActs,
         r0: usize,
         o0: usize,
-        out: &mut [[f32; TILE]; CHUNK],
+        out: Dest,
     ) {
         tile_with::<R, Vnni>(w, x, r0, o0, out)
     }
@@ -494,7 +492,7 @@ mod avx2 {
         x: &QuantActs,
         r0: usize,
         o0: usize,
-        out: &mut [[f32; 2 * TILE]; CHUNK],
+        out: Dest,
     ) {
         let nb = x.k / BLOCK;
         let ActRows {
@@ -609,8 +607,13 @@ mod avx2 {
                 }
             }
         }
+        let lanes: __mmask16 = if out.cols >= PAIR {
+            !0
+        } else {
+            (1 << out.cols) - 1
+        };
         for i in 0..R {
-            _mm512_storeu_ps(out[i].as_mut_ptr(), _mm512_add_ps(acc[i], offset[i]));
+            _mm512_mask_storeu_ps(out.row(i), lanes, _mm512_add_ps(acc[i], offset[i]));
         }
     }
 
@@ -620,7 +623,7 @@ mod avx2 {
         x: &QuantActs,
         r0: usize,
         o0: usize,
-        out: &mut [[f32; TILE]; CHUNK],
+        out: Dest,
     ) {
         let nb = x.k / BLOCK;
         // Q4 multiplies by the activation scales straight from memory (`xd8`, see
@@ -687,8 +690,17 @@ mod avx2 {
                 }
             }
         }
+        let lanes = _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(out.cols as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        );
         for i in 0..R {
-            _mm256_storeu_ps(out[i].as_mut_ptr(), _mm256_add_ps(acc[i], offset[i]));
+            let sum = _mm256_add_ps(acc[i], offset[i]);
+            if out.cols >= TILE {
+                _mm256_storeu_ps(out.row(i), sum);
+            } else {
+                _mm256_maskstore_ps(out.row(i), lanes, sum);
+            }
         }
     }
 }
@@ -704,7 +716,7 @@ mod neon {
     use std::arch::asm;
 
     use super::super::quant::{scale_index, QuantActs, QuantMatrix, BLOCK, TILE};
-    use super::{ActRows, CHUNK};
+    use super::{ActRows, Dest};
 
     /// `acc` plus, in lane r, the dot product of bytes 4r..4r + 4 of `w` with bytes
     /// 4L..4L + 4 of `x`.
@@ -760,7 +772,7 @@ mod neon {
         x: &QuantActs,
         r0: usize,
         o0: usize,
-        out: &mut [[f32; TILE]; CHUNK],
+        out: Dest,
     ) {
         let nb = x.k / BLOCK;
         let ActRows {
@@ -862,10 +874,20 @@ mod neon {
         }
         for i in 0..R {
             for h in 0..2 {
-                vst1q_f32(
-                    out[i].as_mut_ptr().add(4 * h),
-                    vaddq_f32(acc[i][h], offset[i][h]),
-                );
+                let sum = vaddq_f32(acc[i][h], offset[i][h]);
+                if out.cols >= 4 * h + 4 {
+                    vst1q_f32(out.row(i).add(4 * h), sum);
+                } else {
+                    let mut lanes = [0f32; 4];
+                    vst1q_f32(lanes.as_mut_ptr(), sum);
+                    for (l, &v) in lanes
+                        .iter()
+                        .enumerate()
+                        .take(out.cols.saturating_sub(4 * h))
+                    {
+                        *out.row(i).add(4 * h + l) = v;
+                    }
+                }
             }
         }
     }
@@ -1024,8 +1046,13 @@ mod tests {
             matmul(&w, &x, &mut all);
             // The portable kernel sums in another order (no fused multiply-add): close, not
             // equal.
-            let mut portable = [[0f32; TILE]; CHUNK];
-            tile_portable(&w, &x, 8, 3, 96, &mut portable);
+            let mut portable = [[0f32; TILE]; 3];
+            let out = Dest {
+                ptr: portable.as_mut_ptr() as *mut f32,
+                stride: TILE,
+                cols: TILE,
+            };
+            tile_portable(&w, &x, 8, 3, 96, out);
             for (i, res) in portable.iter().enumerate().take(3) {
                 for (lane, &v) in res.iter().enumerate().take(n - 96) {
                     let a = all[(8 + i) * n + 96 + lane];
