@@ -213,16 +213,17 @@ impl Isa {
         self == Isa::Avx512Vnni
     }
 
-    /// The fewest activation rows for which the two-tile kernel is used. Measured on whole
-    /// matmuls at SmolLM2-135M's shapes (two threads, Zen 4, alternating with the one-tile
-    /// kernel in one process), its time over the one-tile kernel's: Q4 0.7x to 0.9x from two
-    /// rows, 0.95x to 1.05x at one; Q8 0.8x to 0.87x at eight or more rows, 0.9x to 1.2x at
-    /// four, 1.3x to 1.5x at one or two (the LM head streams from memory there, and the pair's
-    /// two streams came out slower whatever the prefetch distance).
+    /// The fewest activation rows for which the two-tile kernel is used: where a forward is
+    /// bound by arithmetic, not by the weights' stream from memory. Whole forwards (Zen 4, two
+    /// threads, thresholds alternating in one process, three rounds): with Q4 pairs from two
+    /// rows, 2 and 3 tokens took 4 to 10% more time than with one-tile calls, 4 and 5 about
+    /// the same or more, 6 and 7 3 to 10% less, 8 up to 20% less (isolated matmuls, whose
+    /// weights sit in cache, gain from two rows). The LM head (Q8) from eight rows: there its
+    /// matmul took 0.8x to 0.87x the time; at one or two rows, 1.3x to 1.6x.
     fn pair_rows(self, w: &QuantMatrix) -> usize {
         match w {
-            QuantMatrix::Q4 { .. } => 2,
-            QuantMatrix::Q8 { .. } => 8,
+            QuantMatrix::Q4 { .. } => 6,
+            QuantMatrix::Q8 { .. } => CHUNK,
         }
     }
 
@@ -996,9 +997,9 @@ mod tests {
             (129, 576, 9),
             (64, 1536, 16),
             (5, 32, 17),
-            // Two-tile calls whose second tile is part padding, at 2 and 8 rows.
+            // Two-tile calls whose second tile is part padding, at 7 (Q4 only) and 8 rows.
             (44, 64, 8),
-            (12, 96, 2),
+            (12, 96, 7),
         ] {
             let w4 = q4(n, k, n as u64);
             let x = acts(m, k, k as u64 + m as u64);
