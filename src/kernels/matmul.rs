@@ -216,8 +216,8 @@ impl Isa {
     /// The fewest activation rows for which the two-tile kernel is used: where a forward is
     /// bound by arithmetic, not by the weights' stream from memory. Whole forwards (Zen 4, two
     /// threads, thresholds alternating in one process, three rounds): with Q4 pairs from two
-    /// rows, 2 and 3 tokens took 4 to 10% more time than with one-tile calls, 4 and 5 about
-    /// the same or more, 6 and 7 3 to 10% less, 8 up to 20% less (isolated matmuls, whose
+    /// rows, 2 and 3 tokens took 1 to 13% more time than with one-tile calls, 4 and 5 about
+    /// the same or more, 6 and 7 1 to 10% less, 8 1 to 13% less (isolated matmuls, whose
     /// weights sit in cache, gain from two rows). The LM head (Q8) from eight rows: there its
     /// matmul took 0.8x to 0.87x the time; at one or two rows, 1.3x to 1.6x.
     fn pair_rows(self, w: &QuantMatrix) -> usize {
