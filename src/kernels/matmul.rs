@@ -453,8 +453,8 @@ mod avx2 {
         }
     }
 
-    /// Weight rows `o0..o0 + 8` (a tile) against activation rows `r0..r0 + R`: `out[i][lane]`
-    /// is row r0 + i against weight row o0 + lane. Per block, each activation row's eight
+    /// Weight rows `o0..o0 + 8` (a tile) against activation rows `r0..r0 + R`: lane l of
+    /// `out.row(i)` is row r0 + i against weight row o0 + l. Per block, each activation row's eight
     /// integer sums end up in one vector (lane = weight row), then
     /// `acc = fma(isum, dw * dx, acc)` and (Q4) `offset = fma(m, s, offset)`; the result is
     /// `acc + offset`. Nothing here depends on R but the number of rows.
@@ -485,8 +485,8 @@ mod avx2 {
     /// Two tiles (weight rows o0..o0 + 16) against activation rows `r0..r0 + R` on 512-bit
     /// vectors, the first tile in the low half: the same integer sums and float steps per lane
     /// as [`tile`], so the same bits, with half the instructions per activation row or fewer
-    /// (Q8 also drops the sign fix-ups, see below). `out[i][lane]` is row r0 + i against weight
-    /// row o0 + lane.
+    /// (Q8 also drops the sign fix-ups, see below). Lane l of `out.row(i)` is row r0 + i
+    /// against weight row o0 + l.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
     pub unsafe fn pair_vnni<const R: usize>(
         w: &QuantMatrix,
