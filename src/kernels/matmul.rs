@@ -58,6 +58,7 @@ pub fn matmul_with(isa: Isa, w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
     let ptr = SharedOut(out.as_mut_ptr());
     let tasks = n.div_ceil(ROWS_PER_TASK);
     let chunk = isa.chunk(w);
+    let pair_from = isa.pair_rows(w);
     let run = |t: usize| {
         let (start, end) = (t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(n));
         // Row r0, weight row o0 onwards, of `out`; `width` weight rows of which those before
@@ -73,10 +74,14 @@ pub fn matmul_with(isa: Isa, w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
         let mut o0 = start;
         while o0 < end {
             // Two tiles at once where the second has rows of this task.
-            let tiles = if isa.pairs() && o0 + TILE < end { 2 } else { 1 };
+            let tiles = if pair_from.is_some() && o0 + TILE < end {
+                2
+            } else {
+                1
+            };
             for r0 in (0..m).step_by(chunk) {
                 let rows = (m - r0).min(chunk);
-                if tiles == 2 && rows >= isa.pair_rows(w) {
+                if tiles == 2 && pair_from.is_some_and(|from| rows >= from) {
                     isa.pair(w, x, r0, rows, o0, dest(r0, o0, PAIR));
                     continue;
                 }
@@ -208,26 +213,24 @@ impl Isa {
         }
     }
 
-    /// Whether this instruction set has a kernel for two tiles at once ([`Isa::pair`]).
-    fn pairs(self) -> bool {
-        self == Isa::Avx512Vnni
-    }
-
-    /// The fewest activation rows for which the two-tile kernel is used: where a forward is
-    /// bound by arithmetic, not by the weights' stream from memory. Whole forwards (Zen 4, two
-    /// threads, thresholds alternating in one process, three rounds): with Q4 pairs from two
+    /// The fewest activation rows for which the two-tile kernel ([`Isa::pair`]) is used, where
+    /// this instruction set has one: where a forward is bound by arithmetic, not by the
+    /// weights' stream from memory. Whole forwards (Zen 4, two threads, thresholds
+    /// alternating in one process, three rounds): with Q4 pairs from two
     /// rows, 2 and 3 tokens took 1 to 13% more time than with one-tile calls, 4 and 5 about
     /// the same or more, 6 and 7 1 to 10% less, 8 1 to 13% less (isolated matmuls, whose
     /// weights sit in cache, gain from two rows). The LM head (Q8) from eight rows: there its
     /// matmul took 0.8x to 0.87x the time; at one or two rows, 1.3x to 1.6x.
-    fn pair_rows(self, w: &QuantMatrix) -> usize {
-        match w {
-            QuantMatrix::Q4 { .. } => 6,
-            QuantMatrix::Q8 { .. } => CHUNK,
+    fn pair_rows(self, w: &QuantMatrix) -> Option<usize> {
+        match (self, w) {
+            (Isa::Avx512Vnni, QuantMatrix::Q4 { .. }) => Some(6),
+            (Isa::Avx512Vnni, QuantMatrix::Q8 { .. }) => Some(CHUNK),
+            _ => None,
         }
     }
 
-    /// Two tiles (weight rows o0..o0 + 16) against activation rows r0..r0 + rows.
+    /// Two tiles (weight rows o0..o0 + 16) against activation rows r0..r0 + rows, for the row
+    /// counts [`Isa::pair_rows`] sends here (an instance per count, so no others).
     #[inline(always)]
     fn pair(self, w: &QuantMatrix, x: &QuantActs, r0: usize, rows: usize, o0: usize, out: Dest) {
         #[cfg(target_arch = "x86_64")]
@@ -236,14 +239,10 @@ impl Isa {
             // rows r0..r0 + rows exist.
             unsafe {
                 match rows {
-                    1 => avx2::pair_vnni::<1>(w, x, r0, o0, out),
-                    2 => avx2::pair_vnni::<2>(w, x, r0, o0, out),
-                    3 => avx2::pair_vnni::<3>(w, x, r0, o0, out),
-                    4 => avx2::pair_vnni::<4>(w, x, r0, o0, out),
-                    5 => avx2::pair_vnni::<5>(w, x, r0, o0, out),
                     6 => avx2::pair_vnni::<6>(w, x, r0, o0, out),
                     7 => avx2::pair_vnni::<7>(w, x, r0, o0, out),
-                    _ => avx2::pair_vnni::<8>(w, x, r0, o0, out),
+                    8 => avx2::pair_vnni::<8>(w, x, r0, o0, out),
+                    _ => unreachable!("no two-tile kernel for {rows} rows"),
                 }
             }
             return;
