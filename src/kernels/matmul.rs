@@ -290,6 +290,10 @@ struct ActRows<const R: usize> {
     d8: [*const f32; R],
     /// Scales times code sums, one per block (the Q4 offset term).
     s: [*const f32; R],
+    /// 128 times the code sums, one per block ([`QuantActs::bias`]; only the VNNI kernels
+    /// read them).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    bias: [*const i32; R],
 }
 
 impl<const R: usize> ActRows<R> {
@@ -305,6 +309,7 @@ impl<const R: usize> ActRows<R> {
                 d: std::array::from_fn(|i| x.d.as_ptr().add((r0 + i) * nb)),
                 d8: std::array::from_fn(|i| x.d8.as_ptr().add((r0 + i) * nb * 8)),
                 s: std::array::from_fn(|i| x.s.as_ptr().add((r0 + i) * nb)),
+                bias: std::array::from_fn(|i| x.bias.as_ptr().add((r0 + i) * nb)),
             }
         }
     }
@@ -353,26 +358,10 @@ mod avx2 {
     use super::super::simd::load_f16x8;
     use super::{ActRows, Dest, PAIR};
 
-    /// Bytes `at..at + 8` of `p` in all four 64-bit lanes.
-    #[inline(always)]
-    unsafe fn bcast8(p: *const i8, at: usize) -> __m256i {
-        _mm256_set1_epi64x((p.add(at) as *const i64).read_unaligned())
-    }
-
     /// Bytes `at..at + 4` of `p` in all eight 32-bit lanes.
     #[inline(always)]
     unsafe fn bcast4(p: *const i8, at: usize) -> __m256i {
         _mm256_set1_epi32((p.add(at) as *const i32).read_unaligned())
-    }
-
-    /// Even rows' sums in `a`, odd rows' in `b` (a row per 64-bit lane, as two i32): each
-    /// lane's halves added, then a's in the low and b's in the high 32 bits, so that rows come
-    /// out in order.
-    #[inline(always)]
-    unsafe fn interleave(a: __m256i, b: __m256i) -> __m256i {
-        let a = _mm256_add_epi32(a, _mm256_srli_epi64(a, 32));
-        let b = _mm256_add_epi32(b, _mm256_slli_epi64(b, 32));
-        _mm256_blend_epi32(a, b, 0b1010_1010)
     }
 
     /// How a kernel sums products of unsigned and signed bytes into 32-bit lanes, four bytes
@@ -383,9 +372,12 @@ mod avx2 {
         /// nibbles `lo`, high `hi`, four bytes per lane and vector) times the row's codes
         /// `x[xb..xb + 32]`.
         unsafe fn q4(lo: &[__m256i; 4], hi: &[__m256i; 4], x: *const i8, xb: usize) -> __m256i;
-        /// Four Q8 vectors at `w` against the activation bytes `xc` (`xc[v]` against vector
-        /// v), summed per 32-bit lane.
-        unsafe fn q8(w: *const i8, xc: &[__m256i; 4]) -> __m256i;
+        /// A tile's Q8 block (eight vectors at `w`) as [`Dot::q8`] takes it, once per block.
+        type Q8Block;
+        unsafe fn q8_block(w: *const i8) -> Self::Q8Block;
+        /// A Q8 block's sums for one activation row: lane r is weight row r's 32 codes times
+        /// the row's codes `x[xb..xb + 32]`, whose [`QuantActs::bias`] is `bias`.
+        unsafe fn q8(w: &Self::Q8Block, x: *const i8, xb: usize, bias: i32) -> __m256i;
     }
 
     /// AVX2: `vpmaddubsw` (pairs into 16 bits), then `vpmaddwd` by ones (into 32).
@@ -409,19 +401,32 @@ mod avx2 {
             _mm256_madd_epi16(sum, _mm256_set1_epi16(1))
         }
 
+        /// Read from L1 per activation row: eight more vectors would not fit the sixteen
+        /// registers beside the accumulators.
+        type Q8Block = *const i8;
+
         #[inline(always)]
-        unsafe fn q8(w: *const i8, xc: &[__m256i; 4]) -> __m256i {
+        unsafe fn q8_block(w: *const i8) -> *const i8 {
+            w
+        }
+
+        #[inline(always)]
+        unsafe fn q8(w: &*const i8, x: *const i8, xb: usize, _bias: i32) -> __m256i {
             // Products of two int8 codes: sum pairs into i32 at once (two would overflow i16).
             let part = |v: usize| {
                 let wv = _mm256_loadu_si256(w.add(v * 32) as *const __m256i);
                 // maddubs multiplies unsigned by signed: move w's sign onto x.
-                let p = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xc[v], wv));
+                let xv = _mm256_sign_epi8(bcast4(x, xb + 4 * v), wv);
+                let p = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), xv);
                 _mm256_madd_epi16(p, _mm256_set1_epi16(1))
             };
-            _mm256_add_epi32(
-                _mm256_add_epi32(part(0), part(1)),
-                _mm256_add_epi32(part(2), part(3)),
-            )
+            let half = |h: usize| {
+                _mm256_add_epi32(
+                    _mm256_add_epi32(part(4 * h), part(4 * h + 1)),
+                    _mm256_add_epi32(part(4 * h + 2), part(4 * h + 3)),
+                )
+            };
+            _mm256_add_epi32(half(0), half(1))
         }
     }
 
@@ -441,14 +446,28 @@ mod avx2 {
             _mm256_add_epi32(a, b)
         }
 
+        /// The weights as unsigned bytes, w + 128 (w ^ 0x80): `vpdpbusd` multiplies unsigned
+        /// by signed bytes, and the activations can then stay signed and be broadcast from
+        /// memory, as for Q4. What that adds, 128 times the activation codes' sum, comes off
+        /// in [`Dot::q8`]. Exact integers either way.
+        type Q8Block = [__m256i; 8];
+
         #[inline(always)]
-        unsafe fn q8(w: *const i8, xc: &[__m256i; 4]) -> __m256i {
-            let mut acc = _mm256_setzero_si256();
-            for (v, xc) in xc.iter().enumerate() {
-                let wv = _mm256_loadu_si256(w.add(v * 32) as *const __m256i);
-                acc = _mm256_dpbusd_epi32(acc, _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(*xc, wv));
+        unsafe fn q8_block(w: *const i8) -> [__m256i; 8] {
+            let flip = _mm256_set1_epi8(-128);
+            std::array::from_fn(|v| {
+                _mm256_xor_si256(_mm256_loadu_si256(w.add(v * 32) as *const __m256i), flip)
+            })
+        }
+
+        #[inline(always)]
+        unsafe fn q8(w: &[__m256i; 8], x: *const i8, xb: usize, bias: i32) -> __m256i {
+            let (mut a, mut b) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            for v in 0..4 {
+                a = _mm256_dpbusd_epi32(a, w[v], bcast4(x, xb + 4 * v));
+                b = _mm256_dpbusd_epi32(b, w[4 + v], bcast4(x, xb + 16 + 4 * v));
             }
-            acc
+            _mm256_sub_epi32(_mm256_add_epi32(a, b), _mm256_set1_epi32(bias))
         }
     }
 
@@ -483,9 +502,8 @@ mod avx2 {
 
     /// Two tiles (weight rows o0..o0 + 16) against activation rows `r0..r0 + R` on 512-bit
     /// vectors, the first tile in the low half: the same integer sums and float steps per lane
-    /// as [`tile`], so the same bits, with half the instructions per activation row or fewer
-    /// (Q8 also drops the sign fix-ups, see below). Lane l of `out.row(i)` is row r0 + i
-    /// against weight row o0 + l.
+    /// as [`tile`], so the same bits, with half the instructions per activation row. Lane l of
+    /// `out.row(i)` is row r0 + i against weight row o0 + l.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
     pub unsafe fn pair_vnni<const R: usize>(
         w: &QuantMatrix,
@@ -499,6 +517,7 @@ mod avx2 {
             q: xq,
             d: xd,
             s: xs,
+            bias: xbias,
             ..
         } = ActRows::<R>::new(x, r0);
         let mut acc = [_mm512_setzero_ps(); R];
@@ -537,18 +556,12 @@ mod avx2 {
                         std::array::from_fn(|v| join(base, tile, b * 128 + v * 32));
                     let lo = raw.map(|v| _mm512_and_si512(v, mask));
                     let hi = raw.map(|v| _mm512_and_si512(_mm512_srli_epi16(v, 4), mask));
+                    // Vector v against bytes 4v..4v + 4: low nibbles are values 4v.., high
+                    // nibbles 16 + 4v.. .
+                    let codes = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]];
                     let dw = halves(d, b);
                     for i in 0..R {
-                        let xp = xq[i].add(b * BLOCK);
-                        let bytes = |at: usize| {
-                            _mm512_set1_epi32((xp.add(at) as *const i32).read_unaligned())
-                        };
-                        let (mut a, mut c) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-                        for v in 0..4 {
-                            a = _mm512_dpbusd_epi32(a, lo[v], bytes(4 * v));
-                            c = _mm512_dpbusd_epi32(c, hi[v], bytes(16 + 4 * v));
-                        }
-                        let isum = _mm512_add_epi32(a, c);
+                        let isum = pair_sums(&codes, xq[i].add(b * BLOCK));
                         let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*xd[i].add(b)));
                         acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc[i]);
                     }
@@ -561,46 +574,20 @@ mod avx2 {
                 }
             }
             QuantMatrix::Q8 { qs, d, .. } => {
-                // `vpdpbusd` multiplies unsigned by signed bytes and AVX-512 has no `vpsignb`:
-                // the activations go in as x + 128 (x ^ 0x80), and 128 times each lane's sum
-                // of weights comes off after, computed once per block for all rows. Exact
-                // integers either way.
+                // As unsigned bytes, w + 128, as in the one-tile kernel (`Vnni::q8_block`).
                 let flip = _mm512_set1_epi8(-128);
                 let tile = nb * TILE * BLOCK;
                 let base = qs.as_ptr().add(o0 / TILE * tile) as *const u8;
                 for b in 0..nb {
                     hint(base.wrapping_add(2 * tile + b * 512), 512);
-                    let wv: [__m512i; 8] =
-                        std::array::from_fn(|v| join(base, tile, b * 256 + v * 32));
-                    // Group g: vectors 4g..4g + 4 (see `code_index`).
-                    let bias = |g: usize| {
-                        let mut sum = _mm512_setzero_si512();
-                        for v in &wv[4 * g..4 * g + 4] {
-                            sum = _mm512_dpbusd_epi32(sum, flip, *v);
-                        }
-                        sum
-                    };
-                    let (bias0, bias1) = (bias(0), bias(1));
+                    // Vector v: bytes 4v..4v + 4 of the sixteen rows.
+                    let codes: [__m512i; 8] = std::array::from_fn(|v| {
+                        _mm512_xor_si512(join(base, tile, b * 256 + v * 32), flip)
+                    });
                     let dw = halves(d, b);
                     for i in 0..R {
-                        let xp = xq[i].add(b * BLOCK);
-                        let xc: [__m512i; 4] = std::array::from_fn(|c| {
-                            let bytes = (xp.add(c * 8) as *const i64).read_unaligned();
-                            _mm512_xor_si512(_mm512_set1_epi64(bytes), flip)
-                        });
-                        // Two chains from zero and the bias last: starting them from the bias
-                        // measured slower at few rows (a longer chain per block).
-                        let (mut g0, mut g1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-                        for c in 0..4 {
-                            g0 = _mm512_dpbusd_epi32(g0, xc[c], wv[c]);
-                            g1 = _mm512_dpbusd_epi32(g1, xc[c], wv[4 + c]);
-                        }
-                        let (g0, g1) = (_mm512_sub_epi32(g0, bias0), _mm512_sub_epi32(g1, bias1));
-                        // Each row's 64-bit lane folded and the groups interleaved, as in
-                        // `interleave`.
-                        let g0 = _mm512_add_epi32(g0, _mm512_srli_epi64(g0, 32));
-                        let g1 = _mm512_add_epi32(g1, _mm512_slli_epi64(g1, 32));
-                        let isum = _mm512_mask_blend_epi32(0xAAAA, g0, g1);
+                        let bias = _mm512_set1_epi32(*xbias[i].add(b));
+                        let isum = _mm512_sub_epi32(pair_sums(&codes, xq[i].add(b * BLOCK)), bias);
                         let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*xd[i].add(b)));
                         acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc[i]);
                     }
@@ -615,6 +602,20 @@ mod avx2 {
         for i in 0..R {
             _mm512_mask_storeu_ps(out.row(i), lanes, _mm512_add_ps(acc[i], offset[i]));
         }
+    }
+
+    /// One activation row's sums against a block of two tiles: lane l of vector v holds
+    /// bytes 4v..4v + 4 of weight row l (unsigned), multiplied by the row's codes at
+    /// `x + 4v` (signed), in two chains of four.
+    #[inline(always)]
+    unsafe fn pair_sums(codes: &[__m512i; 8], x: *const i8) -> __m512i {
+        let bytes = |at: usize| _mm512_set1_epi32((x.add(at) as *const i32).read_unaligned());
+        let (mut a, mut c) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        for v in 0..4 {
+            a = _mm512_dpbusd_epi32(a, codes[v], bytes(4 * v));
+            c = _mm512_dpbusd_epi32(c, codes[4 + v], bytes(16 + 4 * v));
+        }
+        _mm512_add_epi32(a, c)
     }
 
     #[inline(always)]
@@ -633,6 +634,7 @@ mod avx2 {
             d: xd,
             d8: xd8,
             s: xs,
+            bias: xbias,
         } = ActRows::<R>::new(x, r0);
         let mut acc = [_mm256_setzero_ps(); R];
         let mut offset = [_mm256_setzero_ps(); R];
@@ -678,12 +680,10 @@ mod avx2 {
                         _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(b * 256 + l * 64));
                     }
                     let dw = load_f16x8(d.as_ptr().add(scale_index(nb, o0, b)));
+                    // Vector v: bytes 4v..4v + 4 of the eight rows.
+                    let codes = D::q8_block(base.add(b * 256));
                     for i in 0..R {
-                        let xc: [__m256i; 4] =
-                            std::array::from_fn(|c| bcast8(xq[i], b * BLOCK + c * 8));
-                        // Vector v holds bytes (v % 4) * 8.. of group v / 4.
-                        let group = |g: usize| D::q8(base.add(b * 256 + g * 128), &xc);
-                        let isum = interleave(group(0), group(1));
+                        let isum = D::q8(&codes, xq[i], b * BLOCK, *xbias[i].add(b));
                         let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*xd[i].add(b)));
                         acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[i]);
                     }
@@ -734,18 +734,21 @@ mod neon {
         acc
     }
 
-    /// `acc` plus, in lane r, the dot product of bytes 4r..4r + 4 of `w` and of `x`.
+    /// A block's sums for one activation row whose codes are at `x`: lane r sums bytes
+    /// 4r..4r + 4 of `codes[v]` times the row's bytes 4v..4v + 4, over v, in two chains of
+    /// four (halving the wait on each `sdot`'s result).
     #[inline(always)]
-    unsafe fn sdot(mut acc: int32x4_t, w: int8x16_t, x: int8x16_t) -> int32x4_t {
-        asm!(
-            ".arch_extension dotprod",
-            "sdot {acc:v}.4s, {w:v}.16b, {x:v}.16b",
-            acc = inout(vreg) acc,
-            w = in(vreg) w,
-            x = in(vreg) x,
-            options(pure, nomem, nostack),
-        );
-        acc
+    unsafe fn block_sums(codes: &[int8x16_t; 8], x: *const i8) -> int32x4_t {
+        let (x0, x1) = (vld1q_s8(x), vld1q_s8(x.add(16)));
+        let mut low = sdot_lane::<0>(vdupq_n_s32(0), codes[0], x0);
+        low = sdot_lane::<1>(low, codes[1], x0);
+        low = sdot_lane::<2>(low, codes[2], x0);
+        low = sdot_lane::<3>(low, codes[3], x0);
+        let mut high = sdot_lane::<0>(vdupq_n_s32(0), codes[4], x1);
+        high = sdot_lane::<1>(high, codes[5], x1);
+        high = sdot_lane::<2>(high, codes[6], x1);
+        high = sdot_lane::<3>(high, codes[7], x1);
+        vaddq_s32(low, high)
     }
 
     /// Four f16 values at `p` as f32 lanes (`fcvtl` is base AArch64; its intrinsic needs the
@@ -800,20 +803,10 @@ mod neon {
                         // 16 + 4v.. .
                         let lo = raw.map(|r| vreinterpretq_s8_u8(vandq_u8(r, mask)));
                         let hi = raw.map(|r| vreinterpretq_s8_u8(vshrq_n_u8::<4>(r)));
+                        let codes = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]];
                         let dw = load_f16x4(d.as_ptr().add(at + 4 * h));
                         for i in 0..R {
-                            let xb = xq[i].add(b * BLOCK);
-                            let (x0, x1) = (vld1q_s8(xb), vld1q_s8(xb.add(16)));
-                            // Two chains of four, to halve the wait on each sdot's result.
-                            let mut low = sdot_lane::<0>(vdupq_n_s32(0), lo[0], x0);
-                            low = sdot_lane::<1>(low, lo[1], x0);
-                            low = sdot_lane::<2>(low, lo[2], x0);
-                            low = sdot_lane::<3>(low, lo[3], x0);
-                            let mut high = sdot_lane::<0>(vdupq_n_s32(0), hi[0], x1);
-                            high = sdot_lane::<1>(high, hi[1], x1);
-                            high = sdot_lane::<2>(high, hi[2], x1);
-                            high = sdot_lane::<3>(high, hi[3], x1);
-                            let isum = vaddq_s32(low, high);
+                            let isum = block_sums(&codes, xq[i].add(b * BLOCK));
                             let scale = vmulq_f32(dw, vdupq_n_f32(*xd[i].add(b)));
                             acc[i][h] = vfmaq_f32(acc[i][h], vcvtq_f32_s32(isum), scale);
                         }
@@ -837,36 +830,16 @@ mod neon {
                 let base = qs.as_ptr().add(o0 / TILE * nb * TILE * BLOCK);
                 for b in 0..nb {
                     let at = scale_index(nb, o0, b);
-                    let dw = [
-                        load_f16x4(d.as_ptr().add(at)),
-                        load_f16x4(d.as_ptr().add(at + 4)),
-                    ];
-                    for i in 0..R {
-                        // Vector 4g + c of the AVX2 layout is bytes 8c..8c + 8 of group g's
-                        // four rows (g = 0: even rows, 1: odd); its half h holds rows 2h and
-                        // 2h + 1 of the group. Against x's bytes 8c.. twice, lane 2s + e sums
-                        // half e of those eight bytes for row s of the half.
-                        let xb = xq[i].add(b * BLOCK);
-                        let xc: [int8x16_t; 4] = std::array::from_fn(|c| {
-                            vreinterpretq_s8_u64(vld1q_dup_u64(xb.add(c * 8) as *const u64))
-                        });
-                        let half = |g: usize, h: usize| {
-                            let mut sum = vdupq_n_s32(0);
-                            for (c, &xc) in xc.iter().enumerate() {
-                                let wv = vld1q_s8(base.add(b * 256 + (4 * g + c) * 32 + h * 16));
-                                sum = sdot(sum, wv, xc);
-                            }
-                            sum
-                        };
-                        // Group g's rows in slot order (rows g, g + 2, g + 4, g + 6), then the
-                        // two groups interleaved into rows 0..4 and 4..8.
-                        let even = vpaddq_s32(half(0, 0), half(0, 1));
-                        let odd = vpaddq_s32(half(1, 0), half(1, 1));
-                        let isum = [vzip1q_s32(even, odd), vzip2q_s32(even, odd)];
-                        let dx = vdupq_n_f32(*xd[i].add(b));
-                        for h in 0..2 {
-                            let scale = vmulq_f32(dw[h], dx);
-                            acc[i][h] = vfmaq_f32(acc[i][h], vcvtq_f32_s32(isum[h]), scale);
+                    // Half h of vector v of the AVX2 layout: bytes 4v..4v + 4 of rows
+                    // 4h..4h + 4.
+                    for h in 0..2 {
+                        let codes: [int8x16_t; 8] =
+                            std::array::from_fn(|v| vld1q_s8(base.add(b * 256 + v * 32 + h * 16)));
+                        let dw = load_f16x4(d.as_ptr().add(at + 4 * h));
+                        for i in 0..R {
+                            let isum = block_sums(&codes, xq[i].add(b * BLOCK));
+                            let scale = vmulq_f32(dw, vdupq_n_f32(*xd[i].add(b)));
+                            acc[i][h] = vfmaq_f32(acc[i][h], vcvtq_f32_s32(isum), scale);
                         }
                     }
                 }

@@ -21,27 +21,20 @@ pub fn scale_index(nb: usize, o: usize, b: usize) -> usize {
     ((o / TILE) * nb + b) * TILE + o % TILE
 }
 
-/// Where code byte `j` of block `b` of row `o` lives, for `bytes` code bytes per block: a
-/// tile's block is a run of 32-byte vectors.
+/// Where code byte `j` of block `b` of row `o` lives, for `bytes` code bytes per block (16 for
+/// Q4, 32 for Q8): `[o / TILE][b][j / 4][o % TILE][j % 4]`. A tile's block is a run of 32-byte
+/// vectors, each four consecutive bytes of all eight rows. Multiplying one by four activation
+/// bytes broadcast eight times gives row r's sums in 32-bit lane r, with no folding between
+/// rows.
 ///
-/// Q4 (16 bytes): `[o / TILE][b][j / 4][o % TILE][j % 4]`, each vector four consecutive bytes
-/// of all eight rows. Multiplying one by four activation bytes broadcast eight times gives row
-/// r's sums in 32-bit lane r, with no folding between rows.
-///
-/// Q8 (32 bytes): `[o / TILE][b][group][j / 8][slot][j % 8]`, each vector eight consecutive
-/// bytes of four rows, group 0 the tile's even rows and group 1 its odd rows; each row's
-/// 64-bit lane is folded to 32 bits and the two groups interleaved with shifts and a blend.
-/// (Q4 used this layout too until the fold, five instructions per block and activation row,
-/// measured 4 to 8% of the Q4 matmul; Q8's kernel, which widens every product pair to 32 bits
-/// before any sum, has not been re-measured with four-byte chunks.)
+/// Q8 used eight-byte runs (a row per 64-bit lane) until session 13; folding each lane to 32
+/// bits and interleaving the rows took seven instructions per block and activation row in the
+/// two-tile kernel, which then ran the LM head at 0.6x the multiply-adds per second of the Q4
+/// layers (see BENCHMARKS.md).
 #[inline(always)]
 pub fn code_index(nb: usize, bytes: usize, o: usize, b: usize, j: usize) -> usize {
     let (tile, r) = (((o / TILE) * nb + b) * TILE * bytes, o % TILE);
-    if bytes == 16 {
-        return tile + (j / 4) * 32 + r * 4 + j % 4;
-    }
-    let (group, slot) = (r % 2, r / 2);
-    tile + (group * bytes / 8 + j / 8) * 32 + slot * 8 + j % 8
+    tile + (j / 4) * 32 + r * 4 + j % 4
 }
 
 /// An (n, k) weight matrix in blocks of 32 along k, stored by tiles of [`TILE`] rows (codes by
@@ -85,7 +78,7 @@ fn tiled_codes<T: Copy + Default>(n: usize, nb: usize, bytes: usize, linear: &[T
     let mut out = vec![T::default(); n.div_ceil(TILE) * TILE * nb * bytes];
     for (o, row) in linear.chunks_exact(nb * bytes).enumerate() {
         for (b, block) in row.chunks_exact(bytes).enumerate() {
-            // Both layouts keep runs of four bytes together.
+            // Runs of four bytes stay together.
             for (c, chunk) in block.chunks_exact(4).enumerate() {
                 let at = code_index(nb, bytes, o, b, c * 4);
                 out[at..at + 4].copy_from_slice(chunk);
@@ -336,35 +329,45 @@ impl QuantMatrix {
     }
 }
 
-/// Quantizes rows `x` (m, k): codes, scales and scaled code sums, row-major per block. Each
-/// block: scale = max |v| / 127, code = round(v / scale) (halves away from zero), and the
-/// scale times the code sum.
-fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+/// Per-block outputs of [`quantize_rows`], one entry per block.
+struct BlockStats<'a> {
+    /// Scale.
+    d: &'a mut [f32],
+    /// Scale times the code sum.
+    s: &'a mut [f32],
+    /// 128 times the code sum.
+    bias: &'a mut [i32],
+}
+
+/// Quantizes rows `x` (m, k): codes, row-major, and per block the scale and code sums. Each
+/// block: scale = max |v| / 127, code = round(v / scale) (halves away from zero).
+fn quantize_rows(x: &[f32], qs: &mut [i8], out: &mut BlockStats) {
     #[cfg(target_arch = "x86_64")]
     if super::simd::has_avx2() {
         // SAFETY: AVX2 and FMA were detected.
-        unsafe { avx2::quantize_rows(x, qs, d, s) };
+        unsafe { avx2::quantize_rows(x, qs, out) };
         return;
     }
-    quantize_rows_portable(x, qs, d, s);
+    quantize_rows_portable(x, qs, out);
 }
 
 /// [`quantize_rows`] and the scales' broadcast copy for some whole rows.
-fn quantize_part(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], d8: &mut [f32]) {
-    quantize_rows(x, qs, d, s);
-    for (v, &d) in d8.chunks_exact_mut(8).zip(d.iter()) {
+fn quantize_part(x: &[f32], qs: &mut [i8], mut out: BlockStats, d8: &mut [f32]) {
+    quantize_rows(x, qs, &mut out);
+    for (v, &d) in d8.chunks_exact_mut(8).zip(out.d.iter()) {
         v.fill(d);
     }
 }
 
 /// The quantization in plain code, for CPUs without AVX2 (where AVX2 exists, the explicit
 /// vector version below runs instead).
-fn quantize_rows_portable(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
-    for (((block, codes), d), s) in x
+fn quantize_rows_portable(x: &[f32], qs: &mut [i8], out: &mut BlockStats) {
+    for ((((block, codes), d), s), bias) in x
         .chunks_exact(BLOCK)
         .zip(qs.chunks_exact_mut(BLOCK))
-        .zip(d.iter_mut())
-        .zip(s.iter_mut())
+        .zip(out.d.iter_mut())
+        .zip(out.s.iter_mut())
+        .zip(out.bias.iter_mut())
     {
         let scale = amax8(block) / 127.0;
         let inv = if scale == 0.0 { 0.0 } else { 1.0 / scale };
@@ -375,6 +378,7 @@ fn quantize_rows_portable(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]
         }
         *d = scale;
         *s = scale * sum as f32;
+        *bias = 128 * sum;
     }
 }
 
@@ -385,12 +389,13 @@ fn quantize_rows_portable(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::BLOCK;
+    use super::{BlockStats, BLOCK};
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    pub unsafe fn quantize_rows(x: &[f32], qs: &mut [i8], out: &mut BlockStats) {
         let blocks = x.len() / BLOCK;
-        assert!(qs.len() >= blocks * BLOCK && d.len() >= blocks && s.len() >= blocks);
+        assert!(qs.len() >= blocks * BLOCK);
+        assert!(out.d.len() >= blocks && out.s.len() >= blocks && out.bias.len() >= blocks);
         let sign = _mm256_set1_ps(-0.0);
         let one = _mm256_set1_ps(1.0);
         let half = _mm256_set1_ps(0.5);
@@ -435,8 +440,9 @@ mod avx2 {
             let ordered =
                 _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
             _mm256_storeu_si256(qs.as_mut_ptr().add(b * BLOCK) as *mut __m256i, ordered);
-            *d.get_unchecked_mut(b) = scale;
-            *s.get_unchecked_mut(b) = scale * sum as f32;
+            *out.d.get_unchecked_mut(b) = scale;
+            *out.s.get_unchecked_mut(b) = scale * sum as f32;
+            *out.bias.get_unchecked_mut(b) = 128 * sum;
         }
     }
 }
@@ -461,12 +467,18 @@ mod tests {
         x.extend((0..BLOCK).map(|i| [127.0, 2.5, -3.5, 0.5, -0.5, 126.5, -1.5, 0.0][i % 8]));
         let blocks = x.len() / BLOCK;
         let (mut q1, mut d1, mut s1) = (vec![0i8; x.len()], vec![0f32; blocks], vec![0f32; blocks]);
-        let (mut q2, mut d2, mut s2) = (q1.clone(), d1.clone(), s1.clone());
-        quantize_rows_portable(&x, &mut q1, &mut d1, &mut s1);
-        quantize_rows(&x, &mut q2, &mut d2, &mut s2);
+        let mut b1 = vec![0i32; blocks];
+        let (mut q2, mut d2, mut s2, mut b2) = (q1.clone(), d1.clone(), s1.clone(), b1.clone());
+        let stats = |d, s, bias| BlockStats { d, s, bias };
+        quantize_rows_portable(&x, &mut q1, &mut stats(&mut d1, &mut s1, &mut b1));
+        quantize_rows(&x, &mut q2, &mut stats(&mut d2, &mut s2, &mut b2));
         assert_eq!(q1, q2);
         assert_eq!(d1, d2);
         assert_eq!(s1, s2);
+        assert_eq!(b1, b2);
+        for (codes, &bias) in q1.chunks_exact(BLOCK).zip(&b1) {
+            assert_eq!(bias, 128 * codes.iter().map(|&q| q as i32).sum::<i32>());
+        }
         let last = &q1[x.len() - BLOCK..][..8];
         assert_eq!(last, &[127, 3, -4, 1, -1, 127, -2, 0]);
     }
@@ -488,6 +500,7 @@ mod tests {
             assert_eq!(one.qs, all.qs[r * k..(r + 1) * k]);
             assert_eq!(one.d, all.d[r * nb..(r + 1) * nb]);
             assert_eq!(one.s, all.s[r * nb..(r + 1) * nb]);
+            assert_eq!(one.bias, all.bias[r * nb..(r + 1) * nb]);
             assert_eq!(one.d8, all.d8[r * nb * 8..(r + 1) * nb * 8]);
         }
     }
@@ -504,6 +517,9 @@ pub struct QuantActs {
     pub d: Vec<f32>,
     /// `d * sum(codes)` per (row, block): what multiplies a Q4 block's offset.
     pub s: Vec<f32>,
+    /// `128 * sum(codes)` per (row, block): what a block's integer sum overcounts by when the
+    /// VNNI kernels take Q8 weights as unsigned bytes (w + 128, see `matmul`).
+    pub bias: Vec<i32>,
     /// `d` with each scale repeated eight times: a vector the kernels multiply by straight from
     /// memory (a broadcast would be an instruction of its own in the inner loop).
     pub d8: Vec<f32>,
@@ -519,6 +535,7 @@ impl QuantActs {
         self.qs.resize(m * k, 0);
         self.d.resize(m * k / BLOCK, 0.0);
         self.s.resize(m * k / BLOCK, 0.0);
+        self.bias.resize(m * k / BLOCK, 0);
         self.d8.resize(self.d.len() * 8, 0.0);
         let rows = super::rows_per_task(m, k);
         let nb = k / BLOCK;
@@ -528,10 +545,18 @@ impl QuantActs {
                 .zip(self.qs.par_chunks_mut(rows * k))
                 .zip(self.d.par_chunks_mut(rows * nb))
                 .zip(self.s.par_chunks_mut(rows * nb))
+                .zip(self.bias.par_chunks_mut(rows * nb))
                 .zip(self.d8.par_chunks_mut(rows * nb * 8))
-                .for_each(|((((x, qs), d), s), d8)| quantize_part(x, qs, d, s, d8));
+                .for_each(|(((((x, qs), d), s), bias), d8)| {
+                    quantize_part(x, qs, BlockStats { d, s, bias }, d8)
+                });
         } else {
-            quantize_part(x, &mut self.qs, &mut self.d, &mut self.s, &mut self.d8);
+            let out = BlockStats {
+                d: &mut self.d,
+                s: &mut self.s,
+                bias: &mut self.bias,
+            };
+            quantize_part(x, &mut self.qs, out, &mut self.d8);
         }
     }
 
