@@ -221,6 +221,24 @@ fn truncating_the_cache_equals_recomputing() {
 }
 
 #[test]
+fn a_cache_that_grew_equals_one_sized_up_front() {
+    for engine in both_backends() {
+        // 200 tokens fit the first allocation (256 positions); 100 more make it grow, copying
+        // what it holds into the larger buffers.
+        let ids: Vec<u32> = (0..300u32).map(|i| (i * 7919 + 13) % 250 + 3).collect();
+        let mut cache = engine.model().new_cache();
+        forward(&engine, &mut cache, &ids[..200], Logits::Last);
+        let grown = forward(&engine, &mut cache, &ids[200..], Logits::All);
+        let whole = logits(&engine, &ids).narrow(0, 200, 100).unwrap();
+        assert!(
+            max_rel_diff(&whole, &grown) < 1e-5,
+            "{}",
+            engine.model().backend()
+        );
+    }
+}
+
+#[test]
 fn last_position_logits_equal_the_last_row_of_all() {
     for engine in both_backends() {
         let all = logits(&engine, &IDS);
