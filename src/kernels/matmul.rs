@@ -552,6 +552,10 @@ mod avx2 {
                 let base = qs.as_ptr().add(o0 / TILE * tile);
                 for b in 0..nb {
                     hint(base.wrapping_add(2 * tile + b * 256), 256);
+                    for next in [o0 + PAIR, o0 + PAIR + TILE] {
+                        hint_scales(d, nb, next, b);
+                        hint_scales(m, nb, next, b);
+                    }
                     let raw: [__m512i; 4] =
                         std::array::from_fn(|v| join(base, tile, b * 128 + v * 32));
                     let lo = raw.map(|v| _mm512_and_si512(v, mask));
@@ -580,6 +584,9 @@ mod avx2 {
                 let base = qs.as_ptr().add(o0 / TILE * tile) as *const u8;
                 for b in 0..nb {
                     hint(base.wrapping_add(2 * tile + b * 512), 512);
+                    for next in [o0 + PAIR, o0 + PAIR + TILE] {
+                        hint_scales(d, nb, next, b);
+                    }
                     // Vector v: bytes 4v..4v + 4 of the sixteen rows.
                     let codes: [__m512i; 8] = std::array::from_fn(|v| {
                         _mm512_xor_si512(join(base, tile, b * 256 + v * 32), flip)
@@ -618,6 +625,17 @@ mod avx2 {
         _mm512_add_epi32(a, c)
     }
 
+    /// Hints block b's per-block values (scales or offsets) of the tile at weight row `o` to
+    /// L1. They are a stream of their own beside the codes, which the hardware prefetcher left
+    /// the kernels waiting on: hinting the next tile's, block by block as its codes are,
+    /// made one-token forwards 5 to 10% faster (Q4 and Q8 models, one and two threads, calls
+    /// alternating in one process). Past the last tile the hint points nowhere, which a
+    /// prefetch ignores (`wrapping_add` keeps the arithmetic defined).
+    #[inline(always)]
+    unsafe fn hint_scales(v: &[half::f16], nb: usize, o: usize, b: usize) {
+        _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().wrapping_add(scale_index(nb, o, b)) as *const i8);
+    }
+
     #[inline(always)]
     unsafe fn tile_with<const R: usize, D: Dot>(
         w: &QuantMatrix,
@@ -648,6 +666,8 @@ mod avx2 {
                 for b in 0..nb {
                     _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(b * 128) as *const i8);
                     _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(b * 128 + 64) as *const i8);
+                    hint_scales(d, nb, o0 + TILE, b);
+                    hint_scales(m, nb, o0 + TILE, b);
                     // Vector v: bytes 4v..4v + 4 of the eight rows; low nibbles are values
                     // 4v..4v + 4 of the block, high nibbles 16 + 4v.. .
                     let raw: [__m256i; 4] = std::array::from_fn(|v| {
@@ -680,6 +700,7 @@ mod avx2 {
                         _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(b * 256 + l * 64));
                     }
                     let dw = load_f16x8(d.as_ptr().add(scale_index(nb, o0, b)));
+                    hint_scales(d, nb, o0 + TILE, b);
                     // Vector v: bytes 4v..4v + 4 of the eight rows.
                     let codes = D::q8_block(base.add(b * 256));
                     for i in 0..R {
