@@ -41,18 +41,8 @@ impl CacheValue for f16 {
     }
 }
 
-/// The K cache's capacity must be a multiple of this many positions: the vector kernel reads
-/// keys in whole blocks, past the last one written up to the block's end.
-pub const KEY_BLOCK: usize = 16;
-
-/// `q`: (heads, m, hd) for positions `offset..offset + m`; `k`: (kv_heads, hd, capacity), each
-/// head's keys transposed (a row per dimension, a column per position), and `v`:
-/// (kv_heads, capacity, hd), cache buffers holding positions `0..offset + m`. `capacity` is a
-/// multiple of [`KEY_BLOCK`]. Returns (m, heads * hd).
-///
-/// Keys are stored transposed so that a vector holds one dimension of consecutive keys: a
-/// query's scores then come out eight keys per vector from one multiply-add chain each, with
-/// no sums across lanes, and each key vector is loaded once for several queries.
+/// `q`: (heads, m, hd) for positions `offset..offset + m`; `k`, `v`: (kv_heads, capacity, hd)
+/// cache buffers holding positions `0..offset + m`. Returns (m, heads * hd).
 #[allow(clippy::too_many_arguments)]
 pub fn causal_attention<T: CacheValue>(
     q: &[f32],
@@ -66,10 +56,6 @@ pub fn causal_attention<T: CacheValue>(
     offset: usize,
 ) -> Vec<f32> {
     use rayon::prelude::*;
-    assert!(
-        capacity.is_multiple_of(KEY_BLOCK),
-        "K cache capacity {capacity} is not a multiple of {KEY_BLOCK}"
-    );
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::simd::has_avx2() && matches!(hd, 64 | 128) {
         let (kv, cap) = (kv_heads, capacity);
@@ -87,17 +73,17 @@ pub fn causal_attention<T: CacheValue>(
     let rep = heads / kv_heads;
     let one = |(h, slab): (usize, &mut [f32])| {
         let mut scores = vec![0f32; offset + m];
-        // The portable path widens the head's cache once per call, keys back to a row per
-        // position (the vector path reads both as stored).
+        // The portable path widens the head's cache once per call (the vector path reads it
+        // as stored).
         let base = (h / rep) * capacity * hd;
         let rows = offset + m;
-        let k: Vec<f32> = (0..rows * hd)
-            .map(|i| k[base + (i % hd) * capacity + i / hd].to_f32())
-            .collect();
-        let v: Vec<f32> = v[base..base + rows * hd]
-            .iter()
-            .map(|x| x.to_f32())
-            .collect();
+        let widen = |c: &[T]| -> Vec<f32> {
+            c[base..base + rows * hd]
+                .iter()
+                .map(|x| x.to_f32())
+                .collect()
+        };
+        let (k, v) = (widen(k), widen(v));
         head(q, &k, &v, h, m, hd, offset, &mut scores, slab);
     };
     if m * (offset + m) * heads <= 1 << 11 {
@@ -172,14 +158,14 @@ multiversion! {
 /// attention: the query heads sharing the KV head, row after row), so each key and value is
 /// read once per forward, and the tasks (KV heads times spans) balance over the threads even
 /// for one token. Within the span the task walks keys, then values, a block at a time, and
-/// every query passes over the block while it is in L1: scores six queries at a time, values
-/// two at a time, sharing each load. It leaves, per query, the span's score maximum, its sum of exponentials and its
+/// every query passes over the block while it is in L1, two queries at a time sharing each
+/// load. It leaves, per query, the span's score maximum, its sum of exponentials and its
 /// unnormalised output; the task that finishes a KV head's last span merges them, span by span
 /// in order. Blocks are read as stored, f16 widened in the multiply's own load: widening each
 /// block into an f32 buffer first made attention in the forward 10 to 30% slower at 8 to 16
 /// queries (the widening pass waited on the cache's lines, then its stores on the loads). Per
-/// query: each score a multiply-add chain over the head dimension in order (keys transposed, a
-/// key per lane), a vector softmax per span, each output column a chain over the span's keys in
+/// query: each score a multiply-add chain over the head dimension whose lanes are folded by one
+/// fixed tree, a vector softmax per span, each output column a chain over the span's keys in
 /// order, and the merge. Spans are cut at absolute positions and nothing a query computes
 /// depends on which other queries, or how many rows, share its task: a block of tokens gets
 /// bit-identical results to one-token steps.
@@ -194,14 +180,8 @@ mod avx2 {
     use super::CacheValue;
     use crate::kernels::simd::{exp_neg, exp_neg8, sum_lanes, SharedOut};
 
-    /// Keys scored together: two vectors per dimension.
-    const KEYS: usize = super::KEY_BLOCK;
-    const _: () = assert!(KEYS == 16);
-    /// Queries scored together: each key vector is loaded once for them, and their twelve
-    /// accumulators fit the sixteen registers. Against the row-major keys' kernel (in one
-    /// process, inside the kernel pool, 256-token cache, Zen 4), attention took 0.88x to 0.93x
-    /// the time at 4 to 16 tokens with six, 0.92x to 0.96x with four; 1.0x at one token.
-    const QUERIES: usize = 6;
+    /// Keys scored together: 1 KB of f16 at a head size of 64.
+    const KEYS: usize = 8;
     /// Values added together: 4 KB of f16 at a head size of 64.
     const VALUES: usize = 32;
     /// Positions per span: 15 tasks for one token on a 256-token cache with three KV heads.
@@ -211,6 +191,8 @@ mod avx2 {
     /// Per worker thread, reused across calls.
     #[derive(Default)]
     struct Scratch {
+        /// The last, partial block of keys, widened and padded with zeros.
+        keys: Vec<f32>,
         /// The task's scores, one row of [`SPAN`] per query.
         scores: Vec<f32>,
     }
@@ -270,8 +252,7 @@ mod avx2 {
                 };
                 SCRATCH.with_borrow_mut(|scratch| {
                     task.run::<T, HD>(
-                        &k[base..base + HD * capacity],
-                        capacity,
+                        &k[base..base + keys * HD],
                         &v[base..base + keys * HD],
                         scratch,
                     )
@@ -350,43 +331,39 @@ mod avx2 {
         P: Fn(usize) -> *mut f32,
         L: Fn(usize) -> usize,
     {
-        /// `k`: the KV head's keys, transposed (a row of `cap` per dimension); `v`: its values,
-        /// a row per position.
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn run<T: CacheValue, const HD: usize>(
-            &self,
-            k: &[T],
-            cap: usize,
-            v: &[T],
-            s: &mut Scratch,
-        ) {
+        unsafe fn run<T: CacheValue, const HD: usize>(&self, k: &[T], v: &[T], s: &mut Scratch) {
             let (hd, n) = (HD, self.queries);
+            s.keys.resize(KEYS * hd, 0.0);
             s.scores.resize(s.scores.len().max(n * SPAN), 0.0);
-            // The span's keys are hinted to L1 before the scoring (HD rows of its positions),
-            // and each block's values while its keys are scored, so that the values pass
-            // finds them there (a span is 8 KB of each at a head size of 64, f16).
-            let size = std::mem::size_of::<T>();
-            let keys = (self.end - self.start) * size;
-            for d in 0..HD {
-                let row = k.as_ptr().add(d * cap + self.start) as *const i8;
-                for l in (0..keys).step_by(64) {
-                    _mm_prefetch::<_MM_HINT_T0>(row.add(l));
-                }
-            }
-            let hint_values = |rows: std::ops::Range<usize>| {
-                let p = v.as_ptr() as *const i8;
-                let bytes = |rows: usize| rows * hd * size;
+            // The span's keys are hinted to L1 two blocks ahead of the scoring, and each block's
+            // values while its keys are scored, so that the values pass finds them there (a
+            // span is 16 KB of f16 at a head size of 64). Past the end the hints point
+            // nowhere, which a prefetch ignores (`wrapping_add` keeps the arithmetic defined).
+            let bytes = |rows: usize| rows * hd * std::mem::size_of::<T>();
+            let hint = |p: *const T, rows: std::ops::Range<usize>| {
+                let p = p as *const i8;
                 for l in (bytes(rows.start)..bytes(rows.end.min(self.end))).step_by(64) {
-                    _mm_prefetch::<_MM_HINT_T0>(p.add(l));
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(l));
                 }
             };
+            hint(k.as_ptr(), self.start..self.start + 2 * KEYS);
             let sp = s.scores.as_mut_ptr();
             let scores = |j: usize| sp.add(j - self.start);
-            // Whole blocks: past the span's last key (within the capacity, a multiple of the
-            // block) the scores are computed and never read.
             for j in (self.start..self.end).step_by(KEYS) {
-                hint_values(j..j + KEYS);
-                self.score::<T, HD>(j, k.as_ptr().add(j), cap, scores(j));
+                hint(k.as_ptr(), j + 2 * KEYS..j + 3 * KEYS);
+                hint(v.as_ptr(), j..j + KEYS);
+                let have = (self.end - j).min(KEYS);
+                if have == KEYS {
+                    self.score::<T, HD>(j, k.as_ptr().add(j * hd), scores(j));
+                } else {
+                    // The cache past the last key is not ours to read: a copy, whose missing
+                    // keys are scored, never used, kept finite (the f32 values are the same as
+                    // the f16 ones).
+                    widen(&k[j * hd..(j + have) * hd], &mut s.keys);
+                    s.keys[have * hd..].fill(0.0);
+                    self.score::<f32, HD>(j, s.keys.as_ptr(), scores(j));
+                }
             }
             for qi in self.first(self.start)..n {
                 let part = (self.part)(qi);
@@ -409,42 +386,26 @@ mod avx2 {
                 .unwrap_or(self.queries)
         }
 
-        /// Scores of every query that reaches them against the [`KEYS`] keys at `keys` (key j,
-        /// dimension 0, of the head's transposed keys; dimensions `cap` apart), into `scores`
-        /// (key j of query 0's row; rows [`SPAN`] apart), [`QUERIES`] queries at a time
-        /// sharing every load.
+        /// Scores of every query that reaches them against the [`KEYS`] keys at `keys` (key j
+        /// of the head onwards), into `scores` (key j of query 0's row; rows [`SPAN`] apart),
+        /// two queries at a time sharing every load.
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn score<E: CacheValue, const HD: usize>(
             &self,
             j: usize,
             keys: *const E,
-            cap: usize,
             scores: *mut f32,
         ) {
-            let scale = _mm256_set1_ps(1.0 / (HD as f32).sqrt());
+            let scale = _mm_set1_ps(1.0 / (HD as f32).sqrt());
             let (n, out) = (self.queries, |qi: usize| scores.add(qi * SPAN));
             let mut qi = self.first(j);
-            while qi + QUERIES <= n {
-                let q: [*const f32; QUERIES] = std::array::from_fn(|t| (self.q)(qi + t));
-                let o: [*mut f32; QUERIES] = std::array::from_fn(|t| out(qi + t));
-                score_block::<E, HD, QUERIES>(q, keys, cap, scale, o);
-                qi += QUERIES;
+            while qi + 2 <= n {
+                let (q, o) = ([(self.q)(qi), (self.q)(qi + 1)], [out(qi), out(qi + 1)]);
+                score_block::<E, HD, 2>(q, keys, scale, o);
+                qi += 2;
             }
-            macro_rules! rest {
-                ($r:literal) => {{
-                    let q: [*const f32; $r] = std::array::from_fn(|t| (self.q)(qi + t));
-                    let o: [*mut f32; $r] = std::array::from_fn(|t| out(qi + t));
-                    score_block::<E, HD, $r>(q, keys, cap, scale, o)
-                }};
-            }
-            match n - qi {
-                0 => {}
-                1 => rest!(1),
-                2 => rest!(2),
-                3 => rest!(3),
-                4 => rest!(4),
-                5 => rest!(5),
-                r => unreachable!("{r} queries left of a group of {QUERIES}"),
+            if qi < n {
+                score_block::<E, HD, 1>([(self.q)(qi)], keys, scale, [out(qi)]);
             }
         }
 
@@ -478,30 +439,49 @@ mod avx2 {
         }
     }
 
-    /// Scores of Q queries against the [`KEYS`] keys at `k` (transposed: dimension d of the
-    /// keys at `k + d * cap`), times `scale`, to `out` (KEYS each): per (query, key) one
-    /// multiply-add chain over the head dimension in order, a key per lane.
+    /// `src` as f32 into the front of `dst`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn widen<T: CacheValue>(src: &[T], dst: &mut [f32]) {
+        assert!(src.len().is_multiple_of(8) && dst.len() >= src.len());
+        for c in (0..src.len()).step_by(8) {
+            _mm256_storeu_ps(dst.as_mut_ptr().add(c), T::load8(src.as_ptr().add(c)));
+        }
+    }
+
+    /// The lane sums of four vectors, lane t from `a[t]`, every lane by the same tree:
+    /// ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn sum4(a: [__m256; 4]) -> __m128 {
+        let h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+        _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1))
+    }
+
+    /// Scores of Q queries against the [`KEYS`] keys at `k` (HD values each), times `scale`, to
+    /// `out`: four keys at a time, a chain per (query, key) over the head dimension.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn score_block<E: CacheValue, const HD: usize, const Q: usize>(
         q: [*const f32; Q],
         k: *const E,
-        cap: usize,
-        scale: __m256,
+        scale: __m128,
         out: [*mut f32; Q],
     ) {
-        let mut acc = [[_mm256_setzero_ps(); 2]; Q];
-        for d in 0..HD {
-            let kv = [E::load8(k.add(d * cap)), E::load8(k.add(d * cap + 8))];
-            for (a, q) in acc.iter_mut().zip(&q) {
-                let qv = _mm256_broadcast_ss(&*q.add(d));
-                a[0] = _mm256_fmadd_ps(qv, kv[0], a[0]);
-                a[1] = _mm256_fmadd_ps(qv, kv[1], a[1]);
+        for first in (0..KEYS).step_by(4) {
+            let mut acc = [[_mm256_setzero_ps(); 4]; Q];
+            for c in (0..HD).step_by(8) {
+                let qv = q.map(|q| _mm256_loadu_ps(q.add(c)));
+                for t in 0..4 {
+                    let kv = E::load8(k.add((first + t) * HD + c));
+                    for (a, qv) in acc.iter_mut().zip(&qv) {
+                        a[t] = _mm256_fmadd_ps(*qv, kv, a[t]);
+                    }
+                }
             }
-        }
-        for (a, o) in acc.iter().zip(out) {
-            _mm256_storeu_ps(o, _mm256_mul_ps(a[0], scale));
-            _mm256_storeu_ps(o.add(8), _mm256_mul_ps(a[1], scale));
+            for (a, out) in acc.iter().zip(out) {
+                let s = _mm_mul_ps(sum4(*a), scale);
+                _mm_storeu_ps(out.add(first), s);
+            }
         }
     }
 
@@ -626,9 +606,8 @@ mod tests {
     }
 
     fn check_head_size(hd: usize) {
-        // Blocks within one span, across a span's end, on a cache of several spans, and up to
-        // the capacity's end.
-        for (m, off) in [(7, 30), (7, 60), (5, 190), (16, 240)] {
+        // Blocks within one span, across a span's end, and on a cache of several spans.
+        for (m, off) in [(7, 30), (7, 60), (5, 190)] {
             check_block(hd, m, off);
         }
     }
@@ -650,14 +629,7 @@ mod tests {
             v.iter().map(|x| x.to_f32()).collect(),
         );
         let q: Vec<f32> = (0..nh * m * hd).map(|_| rnd() * 4.0).collect();
-        // The kernel's keys transposed: (nkv, hd, cap).
-        let kt: Vec<f16> = (0..nkv * hd * cap)
-            .map(|i| {
-                let (g, d, j) = (i / (hd * cap), i / cap % hd, i % cap);
-                k[(g * cap + j) * hd + d]
-            })
-            .collect();
-        let got = causal_attention(&q, &kt, &v, nh, nkv, m, hd, cap, off);
+        let got = causal_attention(&q, &k, &v, nh, nkv, m, hd, cap, off);
         let want = naive(&q, &kf, &vf, nh, nkv, m, hd, cap, off);
         for (a, b) in got.iter().zip(&want) {
             assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
@@ -667,7 +639,7 @@ mod tests {
             let q1: Vec<f32> = (0..nh)
                 .flat_map(|h| q[(h * m + i) * hd..][..hd].to_vec())
                 .collect();
-            let one = causal_attention(&q1, &kt, &v, nh, nkv, 1, hd, cap, off + i);
+            let one = causal_attention(&q1, &k, &v, nh, nkv, 1, hd, cap, off + i);
             assert_eq!(&one[..], &got[i * nh * hd..(i + 1) * nh * hd]);
         }
     }

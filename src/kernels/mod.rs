@@ -13,7 +13,7 @@ mod quant;
 pub(crate) mod simd;
 
 pub use arena::{pack, Store, StoreMut};
-pub use attention::{causal_attention, KEY_BLOCK};
+pub use attention::causal_attention;
 pub use matmul::{matmul, matmul_reference, Isa};
 pub use quant::{QuantActs, QuantMatrix, BLOCK};
 

@@ -226,7 +226,6 @@ impl CpuLlama {
         let mut gate_up = vec![0f32; m * 2 * ff];
         let mut act = vec![0f32; m * ff];
         let capacity = cache.reserve_cpu(offset + m, nkv, hd);
-        let mut key = vec![half::f16::ZERO; kv_dim];
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm(
                 &x,
@@ -250,13 +249,9 @@ impl CpuLlama {
                 for head in 0..nh {
                     q[(head * m + i) * hd..][..hd].copy_from_slice(&qr[head * hd..][..hd]);
                 }
-                // Keys into their column of the transposed cache, values as a row.
-                key.convert_from_f32_slice(kr);
-                for (d, &x) in key.iter().enumerate() {
-                    k_cache[d * capacity + pos] = x;
-                }
                 for head in 0..nkv {
                     let at = (head * capacity + pos) * hd;
+                    k_cache[at..at + hd].convert_from_f32_slice(&kr[head * hd..][..hd]);
                     v_cache[at..at + hd].convert_from_f32_slice(&vr[head * hd..][..hd]);
                 }
             }

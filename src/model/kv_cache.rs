@@ -4,8 +4,6 @@
 use candle_core::{Result, Tensor};
 use half::f16;
 
-use crate::kernels::KEY_BLOCK;
-
 #[derive(Debug, Clone)]
 struct LayerCache {
     /// (1, kv_heads, capacity, head_dim)
@@ -17,10 +15,9 @@ struct LayerCache {
 pub struct KvCache {
     /// Tensors, for the candle forward.
     layers: Vec<Option<LayerCache>>,
-    /// Plain buffers per layer for the CPU forward: keys (kv_heads, head_dim, cpu_capacity),
-    /// transposed as [`crate::kernels::causal_attention`] reads them, and values
-    /// (kv_heads, cpu_capacity, head_dim). Kept as f16 (as llama.cpp does): a one-token forward
-    /// reads the whole cache, and at long contexts that read outweighs the weights.
+    /// Plain buffers, (kv_heads, cpu_capacity, head_dim) per layer, for the CPU forward. Kept
+    /// as f16 (as llama.cpp does): a one-token forward reads the whole cache, and at long
+    /// contexts that read outweighs the weights.
     cpu: Vec<(Vec<f16>, Vec<f16>)>,
     cpu_capacity: usize,
     len: usize,
@@ -99,8 +96,7 @@ impl KvCache {
         Ok((c.k.narrow(2, 0, needed)?, c.v.narrow(2, 0, needed)?))
     }
 
-    /// Makes the CPU buffers hold at least `needed` positions; returns their capacity (a
-    /// multiple of [`KEY_BLOCK`]).
+    /// Makes the CPU buffers hold at least `needed` positions; returns their capacity.
     pub(crate) fn reserve_cpu(&mut self, needed: usize, kv_heads: usize, head_dim: usize) -> usize {
         let old = self.cpu_capacity;
         if needed > old {
@@ -109,27 +105,19 @@ impl KvCache {
                 .max(256)
                 .next_power_of_two()
                 .min(self.max_len)
-                .max(needed)
-                .next_multiple_of(KEY_BLOCK);
-            let len = self.len;
+                .max(needed);
+            let keep = self.len * head_dim;
             for (k, v) in &mut self.cpu {
-                let mut grown = vec![f16::ZERO; kv_heads * head_dim * cap];
-                if old > 0 {
-                    // A row of positions per (head, dimension).
-                    for (row, old_row) in grown.chunks_exact_mut(cap).zip(k.chunks_exact(old)) {
-                        row[..len].copy_from_slice(&old_row[..len]);
+                for buf in [k, v] {
+                    let mut grown = vec![f16::ZERO; kv_heads * cap * head_dim];
+                    if old > 0 {
+                        for h in 0..kv_heads {
+                            grown[h * cap * head_dim..][..keep]
+                                .copy_from_slice(&buf[h * old * head_dim..][..keep]);
+                        }
                     }
+                    *buf = grown;
                 }
-                *k = grown;
-                let mut grown = vec![f16::ZERO; kv_heads * cap * head_dim];
-                if old > 0 {
-                    let keep = len * head_dim;
-                    for h in 0..kv_heads {
-                        grown[h * cap * head_dim..][..keep]
-                            .copy_from_slice(&v[h * old * head_dim..][..keep]);
-                    }
-                }
-                *v = grown;
             }
             self.cpu_capacity = cap;
         }
@@ -140,6 +128,11 @@ impl KvCache {
     pub(crate) fn cpu_layer(&mut self, layer: usize) -> (&mut [f16], &mut [f16]) {
         let (k, v) = &mut self.cpu[layer];
         (k, v)
+    }
+
+    /// The whole (1, kv_heads, capacity, head_dim) buffers of `layer`, once it holds anything.
+    pub(crate) fn buffers(&self, layer: usize) -> Option<(&Tensor, &Tensor)> {
+        self.layers[layer].as_ref().map(|c| (&c.k, &c.v))
     }
 
     pub(crate) fn advance(&mut self, m: usize) {

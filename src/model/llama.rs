@@ -248,22 +248,15 @@ impl Llama {
         let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
         let (k, v) = cache.append(layer, &k, &v)?; // (1, nkv, L, hd)
         let out = if self.device.is_cpu() {
-            // The CPU kernel's layout (see `causal_attention`): keys transposed, both padded
-            // to whole key blocks.
-            let keys = k.dim(2)?;
-            let cap = keys.next_multiple_of(crate::kernels::KEY_BLOCK);
-            let ks = k
-                .squeeze(0)?
-                .transpose(1, 2)?
-                .pad_with_zeros(2, 0, cap - keys)?;
-            let vs = v.squeeze(0)?.pad_with_zeros(1, 0, cap - keys)?;
-            let (ks, vs) = (
-                ks.flatten_all()?.to_vec1::<f32>()?,
-                vs.flatten_all()?.to_vec1::<f32>()?,
-            );
+            let (kbuf, vbuf) = cache.buffers(layer).expect("appended above");
             let q = q.flatten_all()?.to_vec1::<f32>()?; // (nh, m, hd)
-            let offset = keys - m;
-            let out = crate::kernels::causal_attention(&q, &ks, &vs, nh, nkv, m, hd, cap, offset);
+            let capacity = kbuf.dims()[2];
+            let offset = k.dim(2)? - m;
+            let out = with_cpu_slice(kbuf, |ks| {
+                with_cpu_slice(vbuf, |vs| {
+                    crate::kernels::causal_attention(&q, ks, vs, nh, nkv, m, hd, capacity, offset)
+                })
+            })??;
             Tensor::from_vec(out, (m, nh * hd), &self.device)?
         } else {
             let l = k.dim(2)?;
@@ -333,6 +326,17 @@ fn check_shape(name: &str, got: &[usize], want: &[usize]) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Runs `f` on the f32 data of a CPU tensor, from its first element on.
+fn with_cpu_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => Ok(f(&cpu.as_slice::<f32>()?[layout.start_offset()..])),
+        _ => Err(Error::Candle(candle_core::Error::Msg(
+            "expected a CPU tensor".into(),
+        ))),
+    }
 }
 
 /// cos/sin of `position * theta^(-2i/head_dim)`, (context, head_dim / 2).
