@@ -232,6 +232,7 @@ impl Isa {
     /// Two tiles (weight rows o0..o0 + 16) against activation rows r0..r0 + rows, for the row
     /// counts [`Isa::pair_rows`] sends here (an instance per count, so no others).
     #[inline(always)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     fn pair(self, w: &QuantMatrix, x: &QuantActs, r0: usize, rows: usize, o0: usize, out: Dest) {
         #[cfg(target_arch = "x86_64")]
         if self == Isa::Avx512Vnni {
