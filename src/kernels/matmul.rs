@@ -424,16 +424,25 @@ mod avx2 {
     /// 32-bit lane in one instruction, where AVX2 takes three.
     struct Vnni;
 
+    impl Vnni {
+        /// Lane r: row r's bytes in `code(v)` times the activation bytes `x[xb + 4v..][..4]`,
+        /// summed over the eight vectors v of a block, in two chains of four so that each
+        /// waits on four multiply-adds instead of eight.
+        #[inline(always)]
+        unsafe fn sums(code: impl Fn(usize) -> __m256i, x: *const i8, xb: usize) -> __m256i {
+            let (mut a, mut b) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            for v in 0..4 {
+                a = _mm256_dpbusd_epi32(a, code(v), bcast4(x, xb + 4 * v));
+                b = _mm256_dpbusd_epi32(b, code(4 + v), bcast4(x, xb + 16 + 4 * v));
+            }
+            _mm256_add_epi32(a, b)
+        }
+    }
+
     impl Dot for Vnni {
         #[inline(always)]
         unsafe fn q4(lo: &[__m256i; 4], hi: &[__m256i; 4], x: *const i8, xb: usize) -> __m256i {
-            // Two chains, so that each waits on four multiply-adds instead of eight.
-            let (mut a, mut b) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-            for v in 0..4 {
-                a = _mm256_dpbusd_epi32(a, lo[v], bcast4(x, xb + 4 * v));
-                b = _mm256_dpbusd_epi32(b, hi[v], bcast4(x, xb + 16 + 4 * v));
-            }
-            _mm256_add_epi32(a, b)
+            Self::sums(|v| if v < 4 { lo[v] } else { hi[v - 4] }, x, xb)
         }
 
         /// The weights go in as unsigned bytes, w + 128 (w ^ 0x80): `vpdpbusd` multiplies
@@ -450,12 +459,7 @@ mod avx2 {
             let wv = |v: usize| {
                 _mm256_xor_si256(_mm256_loadu_si256(w.add(v * 32) as *const __m256i), flip)
             };
-            let (mut a, mut b) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-            for v in 0..4 {
-                a = _mm256_dpbusd_epi32(a, wv(v), bcast4(x, xb + 4 * v));
-                b = _mm256_dpbusd_epi32(b, wv(4 + v), bcast4(x, xb + 16 + 4 * v));
-            }
-            _mm256_sub_epi32(_mm256_add_epi32(a, b), _mm256_set1_epi32(bias))
+            _mm256_sub_epi32(Self::sums(wv, x, xb), _mm256_set1_epi32(bias))
         }
     }
 
