@@ -622,7 +622,7 @@ mod avx2 {
     /// Hints block b's per-block values (scales or offsets) of the tile at weight row `o` to
     /// L1. They are a stream of their own beside the codes, which the hardware prefetcher left
     /// the kernels waiting on: hinting the next tile's, block by block as its codes are,
-    /// made one-token forwards 5 to 10% faster (Q4 and Q8 models, one and two threads, calls
+    /// made one-token forwards 3 to 10% faster (Q4 and Q8 models, one and two threads, calls
     /// alternating in one process). Past the last tile the hint points nowhere, which a
     /// prefetch ignores (`wrapping_add` keeps the arithmetic defined).
     #[inline(always)]
