@@ -8,7 +8,8 @@
 #   scripts/dev/compare_builds.sh OLD_COMMIT [MODEL] [REPETITIONS]
 #
 # Prints median ms per forward of m = 1, 2, 4, 8, 16 tokens on a 256-token cache, logits for
-# every position, for both, and new/old. Which engine goes first alternates per repetition.
+# every position, for both, new/old of the medians, and the median of each repetition's new/old
+# ("paired"). Which engine goes first alternates per repetition.
 # Needs a commit whose engine API matches this one's (`Engine::load`, `model().forward`).
 set -euo pipefail
 old=${1:?usage: compare_builds.sh OLD_COMMIT [MODEL] [REPETITIONS]}
@@ -88,6 +89,7 @@ fn main() -> anyhow::Result<()> {
         v[v.len() / 2]
     };
     let medians: Vec<Vec<f64>> = times
+        .clone()
         .iter_mut()
         .map(|per_size| per_size.iter_mut().map(median).collect())
         .collect();
@@ -101,6 +103,17 @@ fn main() -> anyhow::Result<()> {
         .map(|(i, m)| format!("{m}:{:.3}", medians[0][i] / medians[1][i]))
         .collect();
     println!("new/old: {}", ratios.join(" "));
+    // Each repetition's pair ran back to back; the median of their ratios cancels the drifts
+    // of a shared machine that medians taken apart do not.
+    let paired: Vec<String> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let mut r: Vec<f64> = times[0][i].iter().zip(&times[1][i]).map(|(a, b)| a / b).collect();
+            format!("{m}:{:.3}", median(&mut r))
+        })
+        .collect();
+    println!("paired:  {}", paired.join(" "));
     Ok(())
 }
 EOF
