@@ -436,6 +436,8 @@ pub fn forward_costs(
         .iter()
         .map(|_| Vec::with_capacity(cfg.repetitions))
         .collect();
+    // Logits land in one buffer throughout, as in the decoders.
+    let mut logits = Vec::new();
     for rep in 0..cfg.repetitions + 2 {
         if rep >= 2 {
             probes.extend(probe_kernel_threads(engine));
@@ -443,7 +445,7 @@ pub fn forward_costs(
         for (block, times) in blocks.iter().zip(&mut times) {
             cache.truncate(base);
             let t = Instant::now();
-            model.forward(block, &mut cache, Logits::All)?;
+            model.forward_into(block, &mut cache, Logits::All, &mut logits)?;
             if rep >= 2 {
                 times.push(t.elapsed().as_secs_f64() * 1e3);
             }

@@ -239,6 +239,37 @@ fn a_cache_that_grew_equals_one_sized_up_front() {
 }
 
 #[test]
+fn forwards_into_one_buffer_on_one_cache_equal_fresh_ones() {
+    // Block sizes up and down on one cache and one logits buffer, rejected positions dropped
+    // between passes, as the Jacobi decoder does: each pass's logits equal a fresh cache's.
+    let ids: Vec<u32> = (0..40u32).map(|i| (i * 7919 + 13) % 250 + 3).collect();
+    for engine in both_backends() {
+        let model = engine.model();
+        let (mut cache, mut buf) = (model.new_cache(), Vec::new());
+        model
+            .forward_into(&ids[..20], &mut cache, Logits::Last, &mut buf)
+            .unwrap();
+        for (keep, m) in [(20, 7), (22, 2), (23, 9), (25, 1), (25, 5)] {
+            cache.truncate(keep);
+            let block = &ids[keep..keep + m];
+            model
+                .forward_into(block, &mut cache, Logits::All, &mut buf)
+                .unwrap();
+            let want = logits(&engine, &ids[..keep + m])
+                .narrow(0, keep, m)
+                .unwrap();
+            let vocab = model.config().vocab_size;
+            let got = Tensor::from_vec(buf.clone(), (m, vocab), &Device::Cpu).unwrap();
+            assert!(
+                max_rel_diff(&want, &got) < 1e-5,
+                "{} at {keep}+{m}",
+                model.backend()
+            );
+        }
+    }
+}
+
+#[test]
 fn last_position_logits_equal_the_last_row_of_all() {
     for engine in both_backends() {
         let all = logits(&engine, &IDS);

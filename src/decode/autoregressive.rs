@@ -22,6 +22,7 @@ pub(crate) fn decode(
     let mut progress = Progress::default();
     out.push(&[first], on_event)?;
     let mut last = first;
+    let mut logits = Vec::new();
     while out.stop.is_none() {
         if cancel.is_cancelled() {
             out.stop = Some(StopReason::Cancelled);
@@ -32,7 +33,7 @@ pub(crate) fn decode(
             break;
         }
         let t = Instant::now();
-        let logits = model.forward(&[last], cache, Logits::Last)?;
+        model.forward_into(&[last], cache, Logits::Last, &mut logits)?;
         last = sampler.pick(&logits);
         progress.passes += 1;
         progress.decode_ms += t.elapsed().as_secs_f64() * 1e3;

@@ -164,6 +164,7 @@ pub(crate) fn decode(
     let mut scores = GuessScores::new();
     // block[0] is the last token of the answer; the rest are the previous pass's predictions.
     let mut block = vec![first];
+    let mut logits = Vec::new();
     while out.stop.is_none() {
         if cancel.is_cancelled() {
             out.stop = Some(StopReason::Cancelled);
@@ -195,7 +196,7 @@ pub(crate) fn decode(
         fill_guesses(&mut block, n, context.tokens(), rng);
         let start = cache.len();
         let t = Instant::now();
-        let logits = model.forward(&block, cache, Logits::All)?;
+        model.forward_into(&block, cache, Logits::All, &mut logits)?;
         let preds = argmax_rows(&logits, model.config().vocab_size);
         let ms = t.elapsed().as_secs_f64() * 1e3;
         let s = step(&block, &preds);

@@ -20,6 +20,8 @@ pub struct KvCache {
     /// contexts that read outweighs the weights.
     cpu: Vec<(Vec<f16>, Vec<f16>)>,
     cpu_capacity: usize,
+    /// The CPU forward's working buffers, kept between forwards (see [`super::cpu::Buffers`]).
+    pub(crate) buffers: super::cpu::Buffers,
     len: usize,
     max_len: usize,
 }
@@ -30,6 +32,7 @@ impl KvCache {
             layers: vec![None; num_layers],
             cpu: vec![(Vec::new(), Vec::new()); num_layers],
             cpu_capacity: 0,
+            buffers: Default::default(),
             len: 0,
             max_len,
         }

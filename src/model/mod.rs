@@ -84,6 +84,20 @@ impl Transformer {
     /// Runs `tokens` at positions `cache.len()..cache.len() + m`, appends their keys and values
     /// to the cache and returns logits, (1 or m) x vocab, row-major.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        self.forward_into(tokens, cache, logits, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Self::forward`] into `out` (its contents replaced): a decode loop that keeps `out`
+    /// between passes allocates nothing per pass on the CPU path.
+    pub fn forward_into(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        logits: Logits,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
         let cfg = self.config();
         let m = tokens.len();
         if m == 0 {
@@ -102,12 +116,15 @@ impl Transformer {
             )));
         }
         match self {
-            Transformer::Candle(model) => Ok(model
-                .forward(tokens, cache, logits)?
-                .flatten_all()?
-                .to_vec1::<f32>()?),
-            Transformer::Cpu(model) => model.forward(tokens, cache, logits),
+            Transformer::Candle(model) => {
+                *out = model
+                    .forward(tokens, cache, logits)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+            }
+            Transformer::Cpu(model) => model.forward_into(tokens, cache, logits, out),
         }
+        Ok(())
     }
 
     /// Every weight as a dense f32 tensor under its Hugging Face name.
