@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let path = std::path::Path::new(&args[1]);
     let reps: usize = args[2].parse()?;
-    let sizes = [1usize, 2, 4, 8, 16];
+    let sizes = [1usize, 2, 3, 4, 8, 16];
     let new = fixpoint::Engine::load(path, &fixpoint::LoadOptions::default())?;
     let old = fixpoint_old::Engine::load(path, &fixpoint_old::LoadOptions::default())?;
     let vocab = new.model().config().vocab_size as u32;

@@ -214,17 +214,16 @@ impl Isa {
     }
 
     /// The fewest activation rows for which the two-tile kernel ([`Isa::pair`]) is used, where
-    /// this instruction set has one: where a forward is bound by arithmetic, not by the
-    /// weights' stream from memory. Whole forwards (Zen 4, two threads, thresholds
-    /// alternating in one process, three rounds): with Q4 pairs from two
-    /// rows, 2 and 3 tokens took 1 to 13% more time than with one-tile calls, 4 and 5 about
-    /// the same or more, 6 and 7 1 to 10% less, 8 1 to 13% less (isolated matmuls, whose
-    /// weights sit in cache, gain from two rows). The LM head (Q8) from eight rows: there its
-    /// matmul took 0.8x to 0.87x the time; at one or two rows, 1.3x to 1.6x.
+    /// this instruction set has one. Whole forwards (Zen 4, two threads, commits alternating
+    /// in one process, paired medians), since the hints go to L2 (see `avx2::hint`): Q4 pairs
+    /// from two rows instead of six took 0.96x to 0.98x the time at 2 tokens, 0.92x at 3 and
+    /// 0.91x at 4; Q8 pairs from four rows instead of eight 0.91x at 4 tokens (a model on Q8_0
+    /// throughout), but from two rows 1.02x at 2 tokens. With the hints in L1, Q4 pairs from
+    /// two rows had made 2 and 3 tokens 1 to 13% slower.
     fn pair_rows(self, w: &QuantMatrix) -> Option<usize> {
         match (self, w) {
-            (Isa::Avx512Vnni, QuantMatrix::Q4 { .. }) => Some(6),
-            (Isa::Avx512Vnni, QuantMatrix::Q8 { .. }) => Some(CHUNK),
+            (Isa::Avx512Vnni, QuantMatrix::Q4 { .. }) => Some(2),
+            (Isa::Avx512Vnni, QuantMatrix::Q8 { .. }) => Some(4),
             _ => None,
         }
     }
@@ -240,6 +239,10 @@ impl Isa {
             // rows r0..r0 + rows exist.
             unsafe {
                 match rows {
+                    2 => avx2::pair_vnni::<2>(w, x, r0, o0, out),
+                    3 => avx2::pair_vnni::<3>(w, x, r0, o0, out),
+                    4 => avx2::pair_vnni::<4>(w, x, r0, o0, out),
+                    5 => avx2::pair_vnni::<5>(w, x, r0, o0, out),
                     6 => avx2::pair_vnni::<6>(w, x, r0, o0, out),
                     7 => avx2::pair_vnni::<7>(w, x, r0, o0, out),
                     8 => avx2::pair_vnni::<8>(w, x, r0, o0, out),
@@ -570,8 +573,8 @@ mod avx2 {
             }
             QuantMatrix::Q8 { qs, d, .. } => {
                 // As unsigned bytes, w + 128, as in the one-tile kernel (`Vnni::q8`), here
-                // flipped once per block for all rows (used from eight rows up, where the
-                // kernel is bound by arithmetic).
+                // flipped once per block for all rows (used from four rows up, see
+                // `Isa::pair_rows`).
                 let flip = _mm512_set1_epi8(-128);
                 let tile = nb * TILE * BLOCK;
                 let base = qs.as_ptr().add(o0 / TILE * tile) as *const u8;
