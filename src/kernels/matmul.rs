@@ -385,20 +385,25 @@ mod avx2 {
     /// AVX2: `vpmaddubsw` (pairs into 16 bits), then `vpmaddwd` by ones (into 32).
     struct Madd;
 
+    // No closures in these bodies: a closure is compiled as a function of its own, without
+    // the caller's target features, and where the compiler does not inline it every
+    // intrinsic in it becomes a call. That happened to `q8`'s (the AVX2 LM head ran 10x
+    // slower, unnoticed for a round); `scripts/check-intrinsics.sh`, run by CI, now fails on it.
     impl Dot for Madd {
         #[inline(always)]
         unsafe fn q4(lo: &[__m256i; 4], hi: &[__m256i; 4], x: *const i8, xb: usize) -> __m256i {
-            let part = |v: usize| {
-                _mm256_add_epi16(
+            let mut part = [_mm256_setzero_si256(); 4];
+            for (v, p) in part.iter_mut().enumerate() {
+                *p = _mm256_add_epi16(
                     _mm256_maddubs_epi16(lo[v], bcast4(x, xb + 4 * v)),
                     _mm256_maddubs_epi16(hi[v], bcast4(x, xb + 16 + 4 * v)),
-                )
-            };
+                );
+            }
             // Codes < 16 and |x| <= 127: a lane's eight 2-value sums stay below
             // 8 * 15 * 127 * 2 = 30480 < 2^15.
             let sum = _mm256_add_epi16(
-                _mm256_add_epi16(part(0), part(1)),
-                _mm256_add_epi16(part(2), part(3)),
+                _mm256_add_epi16(part[0], part[1]),
+                _mm256_add_epi16(part[2], part[3]),
             );
             _mm256_madd_epi16(sum, _mm256_set1_epi16(1))
         }
@@ -406,20 +411,20 @@ mod avx2 {
         #[inline(always)]
         unsafe fn q8(w: *const i8, x: *const i8, xb: usize, _bias: i32) -> __m256i {
             // Products of two int8 codes: sum pairs into i32 at once (two would overflow i16).
-            let part = |v: usize| {
+            let ones = _mm256_set1_epi16(1);
+            let mut part = [_mm256_setzero_si256(); 8];
+            for (v, p) in part.iter_mut().enumerate() {
                 let wv = _mm256_loadu_si256(w.add(v * 32) as *const __m256i);
                 // maddubs multiplies unsigned by signed: move w's sign onto x.
                 let xv = _mm256_sign_epi8(bcast4(x, xb + 4 * v), wv);
-                let p = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), xv);
-                _mm256_madd_epi16(p, _mm256_set1_epi16(1))
-            };
-            let half = |h: usize| {
-                _mm256_add_epi32(
-                    _mm256_add_epi32(part(4 * h), part(4 * h + 1)),
-                    _mm256_add_epi32(part(4 * h + 2), part(4 * h + 3)),
-                )
-            };
-            _mm256_add_epi32(half(0), half(1))
+                let prod = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), xv);
+                *p = _mm256_madd_epi16(prod, ones);
+            }
+            let p = part;
+            _mm256_add_epi32(
+                _mm256_add_epi32(_mm256_add_epi32(p[0], p[1]), _mm256_add_epi32(p[2], p[3])),
+                _mm256_add_epi32(_mm256_add_epi32(p[4], p[5]), _mm256_add_epi32(p[6], p[7])),
+            )
         }
     }
 
