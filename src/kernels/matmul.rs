@@ -385,9 +385,9 @@ mod avx2 {
     /// AVX2: `vpmaddubsw` (pairs into 16 bits), then `vpmaddwd` by ones (into 32).
     struct Madd;
 
-    // No closures in these bodies: a closure is compiled as a function of its own, without
+    // No closures in the `Dot` bodies: a closure is compiled as a function of its own, without
     // the caller's target features, and where the compiler does not inline it every
-    // intrinsic in it becomes a call. That happened to `q8`'s (the AVX2 LM head ran 10x
+    // intrinsic in it becomes a call. That happened to `Madd::q8`'s (the AVX2 LM head ran 10x
     // slower, unnoticed for a round); `scripts/check-intrinsics.sh`, run by CI, now fails on it.
     impl Dot for Madd {
         #[inline(always)]
@@ -420,10 +420,10 @@ mod avx2 {
                 let prod = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), xv);
                 *p = _mm256_madd_epi16(prod, ones);
             }
-            let p = part;
+            let [p0, p1, p2, p3, p4, p5, p6, p7] = part;
             _mm256_add_epi32(
-                _mm256_add_epi32(_mm256_add_epi32(p[0], p[1]), _mm256_add_epi32(p[2], p[3])),
-                _mm256_add_epi32(_mm256_add_epi32(p[4], p[5]), _mm256_add_epi32(p[6], p[7])),
+                _mm256_add_epi32(_mm256_add_epi32(p0, p1), _mm256_add_epi32(p2, p3)),
+                _mm256_add_epi32(_mm256_add_epi32(p4, p5), _mm256_add_epi32(p6, p7)),
             )
         }
     }
@@ -433,15 +433,15 @@ mod avx2 {
     struct Vnni;
 
     impl Vnni {
-        /// Lane r: row r's bytes in `code(v)` times the activation bytes `x[xb + 4v..][..4]`,
+        /// Lane r: row r's bytes in `code[v]` times the activation bytes `x[xb + 4v..][..4]`,
         /// summed over the eight vectors v of a block, in two chains of four so that each
         /// waits on four multiply-adds instead of eight.
         #[inline(always)]
-        unsafe fn sums(code: impl Fn(usize) -> __m256i, x: *const i8, xb: usize) -> __m256i {
+        unsafe fn sums(code: &[__m256i; 8], x: *const i8, xb: usize) -> __m256i {
             let (mut a, mut b) = (_mm256_setzero_si256(), _mm256_setzero_si256());
             for v in 0..4 {
-                a = _mm256_dpbusd_epi32(a, code(v), bcast4(x, xb + 4 * v));
-                b = _mm256_dpbusd_epi32(b, code(4 + v), bcast4(x, xb + 16 + 4 * v));
+                a = _mm256_dpbusd_epi32(a, code[v], bcast4(x, xb + 4 * v));
+                b = _mm256_dpbusd_epi32(b, code[4 + v], bcast4(x, xb + 16 + 4 * v));
             }
             _mm256_add_epi32(a, b)
         }
@@ -450,7 +450,8 @@ mod avx2 {
     impl Dot for Vnni {
         #[inline(always)]
         unsafe fn q4(lo: &[__m256i; 4], hi: &[__m256i; 4], x: *const i8, xb: usize) -> __m256i {
-            Self::sums(|v| if v < 4 { lo[v] } else { hi[v - 4] }, x, xb)
+            let code = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]];
+            Self::sums(&code, x, xb)
         }
 
         /// The weights go in as unsigned bytes, w + 128 (w ^ 0x80): `vpdpbusd` multiplies
@@ -464,10 +465,11 @@ mod avx2 {
         #[inline(always)]
         unsafe fn q8(w: *const i8, x: *const i8, xb: usize, bias: i32) -> __m256i {
             let flip = _mm256_set1_epi8(-128);
-            let wv = |v: usize| {
-                _mm256_xor_si256(_mm256_loadu_si256(w.add(v * 32) as *const __m256i), flip)
-            };
-            _mm256_sub_epi32(Self::sums(wv, x, xb), _mm256_set1_epi32(bias))
+            let mut code = [_mm256_setzero_si256(); 8];
+            for (v, c) in code.iter_mut().enumerate() {
+                *c = _mm256_xor_si256(_mm256_loadu_si256(w.add(v * 32) as *const __m256i), flip);
+            }
+            _mm256_sub_epi32(Self::sums(&code, x, xb), _mm256_set1_epi32(bias))
         }
     }
 
