@@ -230,7 +230,6 @@ mod avx2 {
         let lens: Vec<usize> = (0..n).map(|qi| offset + qi / rep + 1).collect();
         // Where query qi starts in its KV head's q rows: head qi % rep of the group, row qi / rep.
         let rows: Vec<usize> = (0..n).map(|qi| ((qi % rep) * m + qi / rep) * HD).collect();
-        let len = |qi: usize| lens[qi];
         let keys = offset + m;
         let spans = keys.div_ceil(SPAN);
         let stride = OUT + HD;
@@ -250,8 +249,7 @@ mod avx2 {
                 let task = Task {
                     q: |qi: usize| q.as_ptr().add(g * rep * m * HD + rows[qi]),
                     part: |qi: usize| part(c, qi),
-                    len,
-                    queries: n,
+                    lens: &lens,
                     start: c * SPAN,
                     end: ((c + 1) * SPAN).min(keys),
                 };
@@ -265,9 +263,9 @@ mod avx2 {
                 // The last of the head's spans to finish merges them; the counter orders the
                 // other tasks' writes before this one's reads.
                 if done[g].fetch_add(1, Ordering::AcqRel) + 1 == spans {
-                    for qi in 0..n {
+                    for (qi, len) in lens.iter().enumerate() {
                         let at = optr.get().add(((qi / rep) * heads + head(qi)) * HD);
-                        merge::<HD>(|c| part(c, qi), len(qi).div_ceil(SPAN), at);
+                        merge::<HD>(|c| part(c, qi), len.div_ceil(SPAN), at);
                     }
                 }
             };
@@ -318,27 +316,25 @@ mod avx2 {
         }
     }
 
-    /// Queries `0..queries` of one KV head against its keys and values `start..end` (one
-    /// span); query qi reads `q(qi)` (hd values), attends to keys `0..len(qi)` (never fewer
+    /// Queries `0..lens.len()` of one KV head against its keys and values `start..end` (one
+    /// span); query qi reads `q(qi)` (hd values), attends to keys `0..lens[qi]` (never fewer
     /// than an earlier query) and leaves its part of the span at `part(qi)` (see [`OUT`]).
-    struct Task<Q, P, L> {
+    struct Task<'a, Q, P> {
         q: Q,
         part: P,
-        len: L,
-        queries: usize,
+        lens: &'a [usize],
         start: usize,
         end: usize,
     }
 
-    impl<Q, P, L> Task<Q, P, L>
+    impl<Q, P> Task<'_, Q, P>
     where
         Q: Fn(usize) -> *const f32,
         P: Fn(usize) -> *mut f32,
-        L: Fn(usize) -> usize,
     {
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn run<T: CacheValue, const HD: usize>(&self, k: &[T], v: &[T], s: &mut Scratch) {
-            let (hd, n) = (HD, self.queries);
+            let (hd, n) = (HD, self.lens.len());
             s.keys.resize(KEYS * hd, 0.0);
             s.scores.resize(s.scores.len().max(n * SPAN), 0.0);
             // The span's keys are hinted two blocks ahead of the scoring, and each block's
@@ -374,7 +370,7 @@ mod avx2 {
             }
             for qi in self.first(self.start)..n {
                 let part = (self.part)(qi);
-                let reach = (self.len)(qi).min(self.end) - self.start;
+                let reach = self.lens[qi].min(self.end) - self.start;
                 let row = std::slice::from_raw_parts_mut(scores(self.start).add(qi * SPAN), reach);
                 (*part.add(MAX), *part.add(SUM)) = softmax(row);
                 std::ptr::write_bytes(part.add(OUT), 0, hd);
@@ -388,16 +384,7 @@ mod avx2 {
         /// The first query that reaches key `j`: queries are in row order, so the ones that
         /// reach a block are a suffix, found by bisection.
         fn first(&self, j: usize) -> usize {
-            let (mut lo, mut hi) = (0, self.queries);
-            while lo < hi {
-                let mid = (lo + hi) / 2;
-                if (self.len)(mid) > j {
-                    hi = mid;
-                } else {
-                    lo = mid + 1;
-                }
-            }
-            lo
+            self.lens.partition_point(|&len| len <= j)
         }
 
         /// Scores of every query that reaches them against the [`KEYS`] keys at `keys` (key j
@@ -411,7 +398,7 @@ mod avx2 {
             scores: *mut f32,
         ) {
             let scale = _mm_set1_ps(1.0 / (HD as f32).sqrt());
-            let (n, out) = (self.queries, |qi: usize| scores.add(qi * SPAN));
+            let (n, out) = (self.lens.len(), |qi: usize| scores.add(qi * SPAN));
             let mut qi = self.first(j);
             while qi + 2 <= n {
                 let (q, o) = ([(self.q)(qi), (self.q)(qi + 1)], [out(qi), out(qi + 1)]);
@@ -434,10 +421,10 @@ mod avx2 {
             values: *const E,
             p: *const f32,
         ) {
-            let n = self.queries;
+            let n = self.lens.len();
             let p = |qi: usize| p.add(qi * SPAN);
             let out = |qi: usize| (self.part)(qi).add(OUT);
-            let rows = |qi: usize| ((self.len)(qi) - j).min(have);
+            let rows = |qi: usize| (self.lens[qi] - j).min(have);
             let mut qi = self.first(j);
             while qi + 2 <= n {
                 // Both take the values they share, then the later row its own last ones.
