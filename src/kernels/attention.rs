@@ -178,7 +178,7 @@ mod avx2 {
     use rayon::prelude::*;
 
     use super::CacheValue;
-    use crate::kernels::simd::{exp_neg, exp_neg8, sum_lanes, SharedOut};
+    use crate::kernels::simd::{exp_neg, exp_neg8, hint, sum_lanes, SharedOut};
 
     /// Keys scored together: 1 KB of f16 at a head size of 64.
     const KEYS: usize = 8;
@@ -340,22 +340,22 @@ mod avx2 {
             // The span's keys are hinted two blocks ahead of the scoring, and each block's
             // values while its keys are scored, so that the values pass finds them near (a
             // span is 16 KB of f16 at a head size of 64). Into L2, as the matmuls' hints (see
-            // `matmul`): L1 hints made forwards of 1 to 4 tokens 2 to 3% slower. Past the end
+            // `simd::hint`): L1 hints made forwards of 1 to 4 tokens 2 to 3% slower. Past the end
             // the hints point nowhere, which a prefetch ignores (`wrapping_add` keeps the
             // arithmetic defined).
             let bytes = |rows: usize| rows * hd * std::mem::size_of::<T>();
-            let hint = |p: *const T, rows: std::ops::Range<usize>| {
+            let hint_rows = |p: *const T, rows: std::ops::Range<usize>| {
                 let p = p as *const i8;
                 for l in (bytes(rows.start)..bytes(rows.end.min(self.end))).step_by(64) {
-                    _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(l));
+                    hint(p.wrapping_add(l));
                 }
             };
-            hint(k.as_ptr(), self.start..self.start + 2 * KEYS);
+            hint_rows(k.as_ptr(), self.start..self.start + 2 * KEYS);
             let sp = s.scores.as_mut_ptr();
             let scores = |j: usize| sp.add(j - self.start);
             for j in (self.start..self.end).step_by(KEYS) {
-                hint(k.as_ptr(), j + 2 * KEYS..j + 3 * KEYS);
-                hint(v.as_ptr(), j..j + KEYS);
+                hint_rows(k.as_ptr(), j + 2 * KEYS..j + 3 * KEYS);
+                hint_rows(v.as_ptr(), j..j + KEYS);
                 let have = (self.end - j).min(KEYS);
                 if have == KEYS {
                     self.score::<T, HD>(j, k.as_ptr().add(j * hd), scores(j));

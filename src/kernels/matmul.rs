@@ -215,7 +215,7 @@ impl Isa {
 
     /// The fewest activation rows for which the two-tile kernel ([`Isa::pair`]) is used, where
     /// this instruction set has one. Whole forwards (Zen 4, two threads, commits alternating
-    /// in one process, paired medians), since the hints go to L2 (see `avx2::hint`): Q4 pairs
+    /// in one process, paired medians), since the hints go to L2 (see `simd::hint`): Q4 pairs
     /// from two rows instead of six took 0.96x to 0.98x the time at 2 tokens, 0.92x at 3 and
     /// 0.91x at 4; Q8 pairs from four rows instead of eight 0.91x at 4 tokens (a model on Q8_0
     /// throughout), but from two rows 1.02x at 2 tokens. With the hints in L1, Q4 pairs from
@@ -359,7 +359,7 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::super::quant::{scale_index, QuantActs, QuantMatrix, BLOCK, TILE};
-    use super::super::simd::load_f16x8;
+    use super::super::simd::{hint, load_f16x8};
     use super::{ActRows, Dest, PAIR};
 
     /// Bytes `at..at + 4` of `p` in all eight 32-bit lanes.
@@ -626,20 +626,6 @@ mod avx2 {
             c = _mm512_dpbusd_epi32(c, codes[4 + v], bytes(16 + 4 * v));
         }
         _mm512_add_epi32(a, c)
-    }
-
-    /// Asks for the cache line at `p` ahead of its use: the kernels hint the next tile's (or
-    /// pair's) codes and scales block by block as they work through this one's. Into L2, not
-    /// L1: hinted into L1, the lines of a stream that runs at memory bandwidth held the core's
-    /// few L1 miss buffers, and from four tokens up, where the arithmetic is as long as the
-    /// stream, the two stopped overlapping. With L2 hints (commits alternating in one process,
-    /// two runs each) the default model's forwards of 4 to 16 tokens take 0.91x to 0.97x the
-    /// time and those of a model on Q8_0 throughout 0.76x to 0.92x; one token is unchanged.
-    /// Past the last tile a hint points nowhere, which a prefetch ignores (`wrapping_add`
-    /// keeps the arithmetic defined).
-    #[inline(always)]
-    unsafe fn hint<T>(p: *const T) {
-        _mm_prefetch::<_MM_HINT_T1>(p as *const i8);
     }
 
     /// Hints block b's per-block values (scales or offsets) of the tile at weight row `o`: a

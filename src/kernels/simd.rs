@@ -174,6 +174,24 @@ pub unsafe fn load_f16x8(p: *const half::f16) -> std::arch::x86_64::__m256 {
     _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
 }
 
+/// Asks for the cache line at `p` ahead of its use: the matmuls hint the next tile's (or
+/// pair's) codes and scales block by block as they work through this one's, attention the
+/// keys and values of its span. Into L2, not L1: hinted into L1, the lines of a stream that
+/// runs at memory bandwidth held the core's few L1 miss buffers, and from four tokens up,
+/// where the arithmetic is as long as the stream, the two stopped overlapping. With L2 hints
+/// (commits alternating in one process, two runs each) the default model's forwards of 4 to
+/// 16 tokens take 0.91x to 0.97x the time and those of a model on Q8_0 throughout 0.76x to
+/// 0.92x; one token is unchanged. Past the end of a buffer a hint points nowhere, which a
+/// prefetch ignores (callers use `wrapping_add` to keep the arithmetic defined).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub fn hint<T>(p: *const T) {
+    // SAFETY: a prefetch never faults, and SSE is part of the x86-64 baseline.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p as *const i8)
+    };
+}
+
 /// [`exp_neg`] on eight lanes, with the same operations in the same order (no fused
 /// multiply-adds), so each lane is bit-identical to the scalar function.
 ///
