@@ -83,6 +83,14 @@ fn quantize(c: &mut Criterion) {
     c.bench_function("quantize_acts/16x1536", |b| {
         b.iter(|| a.quantize(&x, 16, 1536))
     });
+    // One thread, as between the matmuls of a forward of 8 tokens (8 x 576 is not split).
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    c.bench_function("quantize_acts/8x576", |b| {
+        one.install(|| b.iter(|| a.quantize(&x[..8 * 576], 8, 576)))
+    });
 }
 
 fn attention(c: &mut Criterion) {
