@@ -107,9 +107,12 @@ fn attention(c: &mut Criterion) {
             let q: Vec<f32> = (0..nh * m * hd)
                 .map(|i| ((i % 31) as f32 - 15.0) / 15.0)
                 .collect();
+            let mut out = vec![0f32; m * nh * hd];
             group.bench_with_input(BenchmarkId::from_parameter(m), &m, |b, &m| {
                 b.iter(|| {
-                    fixpoint::kernels::causal_attention(&q, &k, &v, nh, nkv, m, hd, cap, offset)
+                    fixpoint::kernels::causal_attention(
+                        &q, &k, &v, nh, nkv, m, hd, cap, offset, &mut out,
+                    )
                 })
             });
         }

@@ -42,7 +42,8 @@ impl CacheValue for f16 {
 }
 
 /// `q`: (heads, m, hd) for positions `offset..offset + m`; `k`, `v`: (kv_heads, capacity, hd)
-/// cache buffers holding positions `0..offset + m`. Returns (m, heads * hd).
+/// cache buffers holding positions `0..offset + m`. Writes (m, heads * hd) to `out`, a buffer
+/// the caller keeps between layers and passes.
 #[allow(clippy::too_many_arguments)]
 pub fn causal_attention<T: CacheValue>(
     q: &[f32],
@@ -54,18 +55,21 @@ pub fn causal_attention<T: CacheValue>(
     hd: usize,
     capacity: usize,
     offset: usize,
-) -> Vec<f32> {
+    out: &mut [f32],
+) {
     use rayon::prelude::*;
+    assert_eq!(out.len(), m * heads * hd, "attention output size");
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::simd::has_avx2() && matches!(hd, 64 | 128) {
         let (kv, cap) = (kv_heads, capacity);
-        // SAFETY: AVX2, FMA and F16C were detected.
-        return unsafe {
+        // SAFETY: AVX2, FMA and F16C were detected; `out` holds m * heads * hd values.
+        unsafe {
             match hd {
-                64 => avx2::attention::<T, 64>(q, k, v, heads, kv, m, cap, offset),
-                _ => avx2::attention::<T, 128>(q, k, v, heads, kv, m, cap, offset),
+                64 => avx2::attention::<T, 64>(q, k, v, heads, kv, m, cap, offset, out),
+                _ => avx2::attention::<T, 128>(q, k, v, heads, kv, m, cap, offset, out),
             }
         };
+        return;
     }
     // Each head into its own (m, hd) slab; heads are independent, so they run in parallel when
     // there is enough work. Each (head, row) is computed by the same code either way.
@@ -92,13 +96,11 @@ pub fn causal_attention<T: CacheValue>(
         per_head.par_chunks_mut(m * hd).enumerate().for_each(one);
     }
     // (heads, m, hd) -> (m, heads * hd)
-    let mut out = vec![0f32; m * heads * hd];
     for h in 0..heads {
         for i in 0..m {
             out[(i * heads + h) * hd..][..hd].copy_from_slice(&per_head[(h * m + i) * hd..][..hd]);
         }
     }
-    out
 }
 
 multiversion! {
@@ -220,7 +222,8 @@ mod avx2 {
         m: usize,
         capacity: usize,
         offset: usize,
-    ) -> Vec<f32> {
+        out: &mut [f32],
+    ) {
         let rep = heads / kv_heads;
         // A KV head's queries, row after row: query qi is row qi / rep, head qi % rep of the
         // group (whose q rows start at head g * rep).
@@ -233,7 +236,7 @@ mod avx2 {
         let keys = offset + m;
         let spans = keys.div_ceil(SPAN);
         let stride = OUT + HD;
-        let mut out = vec![0f32; m * heads * HD];
+        // Every value is written by a merge.
         let optr = SharedOut(out.as_mut_ptr());
         let with_parts = |parts: &mut Vec<f32>| {
             // Every value read is written first by the call's tasks.
@@ -280,7 +283,6 @@ mod avx2 {
             Ok(mut parts) => with_parts(&mut parts),
             Err(_) => with_parts(&mut Vec::new()),
         });
-        out
     }
 
     /// One query's result from its spans `0..spans` (`part(c)`, see [`OUT`]), in span order:
@@ -630,7 +632,9 @@ mod tests {
             v.iter().map(|x| x.to_f32()).collect(),
         );
         let q: Vec<f32> = (0..nh * m * hd).map(|_| rnd() * 4.0).collect();
-        let got = causal_attention(&q, &k, &v, nh, nkv, m, hd, cap, off);
+        // Filled with NaN first: every value must be written.
+        let mut got = vec![f32::NAN; m * nh * hd];
+        causal_attention(&q, &k, &v, nh, nkv, m, hd, cap, off, &mut got);
         let want = naive(&q, &kf, &vf, nh, nkv, m, hd, cap, off);
         for (a, b) in got.iter().zip(&want) {
             assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
@@ -640,7 +644,8 @@ mod tests {
             let q1: Vec<f32> = (0..nh)
                 .flat_map(|h| q[(h * m + i) * hd..][..hd].to_vec())
                 .collect();
-            let one = causal_attention(&q1, &k, &v, nh, nkv, 1, hd, cap, off + i);
+            let mut one = vec![f32::NAN; nh * hd];
+            causal_attention(&q1, &k, &v, nh, nkv, 1, hd, cap, off + i, &mut one);
             assert_eq!(&one[..], &got[i * nh * hd..(i + 1) * nh * hd]);
         }
     }

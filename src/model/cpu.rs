@@ -27,6 +27,7 @@ pub(crate) struct Buffers {
     normed: Vec<f32>,
     qkv: Vec<f32>,
     q: Vec<f32>,
+    att: Vec<f32>,
     proj: Vec<f32>,
     gate_up: Vec<f32>,
     act: Vec<f32>,
@@ -249,6 +250,7 @@ impl CpuLlama {
             normed,
             qkv,
             q,
+            att,
             proj,
             gate_up,
             act,
@@ -257,6 +259,7 @@ impl CpuLlama {
         let normed = sized(normed, m * h);
         let qkv = sized(qkv, m * (q_dim + 2 * kv_dim));
         let q = sized(q, nh * m * hd);
+        let att = sized(att, m * q_dim);
         let proj = sized(proj, m * h);
         let gate_up = sized(gate_up, m * 2 * ff);
         let act = sized(act, m * ff);
@@ -285,10 +288,10 @@ impl CpuLlama {
                     v_cache[at..at + hd].convert_from_f32_slice(&vr[head * hd..][..hd]);
                 }
             }
-            let att = crate::kernels::causal_attention(
-                q, k_cache, v_cache, nh, nkv, m, hd, capacity, offset,
+            crate::kernels::causal_attention(
+                q, k_cache, v_cache, nh, nkv, m, hd, capacity, offset, att,
             );
-            acts.quantize(&att, m, q_dim);
+            acts.quantize(att, m, q_dim);
             matmul(&layer.o_proj, acts, proj);
             x.iter_mut().zip(proj.iter()).for_each(|(a, b)| *a += b);
             rms_norm(

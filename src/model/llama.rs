@@ -252,9 +252,12 @@ impl Llama {
             let q = q.flatten_all()?.to_vec1::<f32>()?; // (nh, m, hd)
             let capacity = kbuf.dims()[2];
             let offset = k.dim(2)? - m;
-            let out = with_cpu_slice(kbuf, |ks| {
+            let mut out = vec![0f32; m * nh * hd];
+            with_cpu_slice(kbuf, |ks| {
                 with_cpu_slice(vbuf, |vs| {
-                    crate::kernels::causal_attention(&q, ks, vs, nh, nkv, m, hd, capacity, offset)
+                    crate::kernels::causal_attention(
+                        &q, ks, vs, nh, nkv, m, hd, capacity, offset, &mut out,
+                    )
                 })
             })??;
             Tensor::from_vec(out, (m, nh * hd), &self.device)?
