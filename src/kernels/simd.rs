@@ -174,6 +174,33 @@ pub unsafe fn load_f16x8(p: *const half::f16) -> std::arch::x86_64::__m256 {
     _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
 }
 
+/// `src` rounded to f16 into `dst`, to nearest with ties to even, as `half`'s conversions
+/// round: the KV cache's writes. Inline F16C instead of `half`'s slice conversion, which calls
+/// a function per eight values (with the q rows' copy, the writes were about a third of the
+/// RoPE section's 0.19 ms in an 8-token forward).
+pub fn to_f16(src: &[f32], dst: &mut [half::f16]) {
+    assert_eq!(src.len(), dst.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() && src.len().is_multiple_of(8) {
+        // SAFETY: F16C was detected; both slices hold len values, a multiple of eight.
+        unsafe { to_f16_f16c(src, dst) };
+        return;
+    }
+    use half::slice::HalfFloatSliceExt;
+    dst.convert_from_f32_slice(src);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn to_f16_f16c(src: &[f32], dst: &mut [half::f16]) {
+    use std::arch::x86_64::*;
+    for c in (0..src.len()).step_by(8) {
+        let v = _mm256_loadu_ps(src.as_ptr().add(c));
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+        _mm_storeu_si128(dst.as_mut_ptr().add(c) as *mut __m128i, h);
+    }
+}
+
 /// Asks for the cache line at `p` ahead of its use: the matmuls hint the next tile's (or
 /// pair's) codes and scales block by block as they work through this one's, attention the
 /// keys and values of its span. Into L2, not L1: hinted into L1, the lines of a stream that
@@ -232,6 +259,41 @@ pub fn sum_lanes(acc: [f32; 8]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn f16_writes_round_as_half_does() {
+        // Ties between two f16 values (odd and even), subnormals, overflow, infinities.
+        let mut src: Vec<f32> = vec![
+            1.0 + 1.0 / 2048.0,
+            1.0 + 3.0 / 2048.0,
+            -(1.0 + 1.0 / 2048.0),
+            65504.0,
+            65520.0,
+            1e6,
+            -1e6,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            6e-8,
+            3e-8,
+            -5.9e-5,
+            0.0,
+            -0.0,
+            0.1,
+            -2.75,
+        ];
+        let mut seed = 3u32;
+        src.extend((0..48).map(|_| {
+            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+            f32::from_bits(seed >> 1) * if seed & 1 == 0 { 1.0 } else { -1.0 }
+        }));
+        let src: Vec<f32> = src.into_iter().filter(|v| !v.is_nan()).collect();
+        let src = &src[..src.len() / 8 * 8];
+        let mut got = vec![half::f16::ZERO; src.len()];
+        to_f16(src, &mut got);
+        for (v, g) in src.iter().zip(&got) {
+            assert_eq!(g.to_bits(), half::f16::from_f32(*v).to_bits(), "{v}");
+        }
+    }
 
     #[test]
     fn exp_neg_is_accurate() {

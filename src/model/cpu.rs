@@ -9,14 +9,13 @@ use std::collections::HashMap;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
-use half::slice::HalfFloatSliceExt;
 
 use super::config::Config;
 use super::kv_cache::KvCache;
 use super::llama::Logits;
 use super::weights::RawTensor;
 use crate::error::{Error, Result};
-use crate::kernels::simd::{exp_neg, multiversion, sum_squares8};
+use crate::kernels::simd::{exp_neg, multiversion, sum_squares8, to_f16};
 use crate::kernels::{matmul, QuantActs, QuantMatrix, BLOCK};
 
 /// A forward's working buffers, reused by the next forward on the same cache: fresh ones were
@@ -277,15 +276,19 @@ impl CpuLlama {
                 let (kr, vr) = rest.split_at_mut(kv_dim);
                 let cos = &self.cos[pos * half..(pos + 1) * half];
                 let sin = &self.sin[pos * half..(pos + 1) * half];
-                rope(qr, cos, sin);
-                rope(kr, cos, sin);
                 for head in 0..nh {
-                    q[(head * m + i) * hd..][..hd].copy_from_slice(&qr[head * hd..][..hd]);
+                    rope_to(
+                        &qr[head * hd..][..hd],
+                        cos,
+                        sin,
+                        &mut q[(head * m + i) * hd..][..hd],
+                    );
                 }
+                rope(kr, cos, sin);
                 for head in 0..nkv {
                     let at = (head * capacity + pos) * hd;
-                    k_cache[at..at + hd].convert_from_f32_slice(&kr[head * hd..][..hd]);
-                    v_cache[at..at + hd].convert_from_f32_slice(&vr[head * hd..][..hd]);
+                    to_f16(&kr[head * hd..][..hd], &mut k_cache[at..at + hd]);
+                    to_f16(&vr[head * hd..][..hd], &mut v_cache[at..at + hd]);
                 }
             }
             crate::kernels::causal_attention(
@@ -389,6 +392,22 @@ multiversion! {
             for ((o, &v), &w) in o.iter_mut().zip(row).zip(w) {
                 *o = v * inv * w;
             }
+        }
+    }
+}
+
+multiversion! {
+    /// One head `src` (HF half-split layout) rotated by the angles whose cosines and sines are
+    /// `cos` and `sin` (half a head each) into `dst`: the same operations as [`rope`], so the
+    /// q rows go straight to their head-major place.
+    fn rope_to(src: &[f32], cos: &[f32], sin: &[f32], dst: &mut [f32]) {
+        let (a, b) = src.split_at(cos.len());
+        let (da, db) = dst.split_at_mut(cos.len());
+        for ((((&x, &y), &c), &s), (da, db)) in
+            a.iter().zip(b).zip(cos).zip(sin).zip(da.iter_mut().zip(db.iter_mut()))
+        {
+            *da = x * c - y * s;
+            *db = y * c + x * s;
         }
     }
 }
