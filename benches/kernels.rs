@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the CPU kernels at SmolLM2-135M's shapes: the quantized matmul per
-//! number of activation rows m (the cost curve Jacobi decoding lives on), activation
-//! quantization, and attention over a 256-token cache. `cargo bench --bench kernels`
+//! number of activation rows m (the cost curve Jacobi decoding lives on), in cache and streamed
+//! from memory, activation quantization, and attention over a 256-token cache.
+//! `cargo bench --bench kernels`
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fixpoint::kernels::{matmul, QuantActs, QuantMatrix};
@@ -77,6 +78,37 @@ fn matmul_in_cache(c: &mut Criterion) {
     }
 }
 
+/// gate+up at the model's size in the kernel pool, as in a forward: one matrix over and over
+/// (it stays in the cores' caches) against 48 copies in turn, packed into one arena of 2 MiB
+/// pages as the model's weights are (53 MB, past the L3). Equal times mean the arithmetic, not
+/// the stream from memory, sets the matmul's pace. Elements are multiply-adds.
+fn matmul_stream(c: &mut Criterion) {
+    let (n, k) = (3072, 576);
+    let mut copies: Vec<QuantMatrix> = (0..48).map(|_| weights(n, k, true)).collect();
+    fixpoint::kernels::pack(copies.iter_mut().flat_map(|w| w.stores()).collect());
+    let pool = fixpoint::kernels::pool();
+    let mut group = c.benchmark_group("matmul_stream/gate_up_q4");
+    group.sample_size(20);
+    for m in [1, 8, 16] {
+        let x = acts(m, k);
+        let mut out = vec![0f32; m * n];
+        group.throughput(Throughput::Elements((m * n * k) as u64));
+        group.bench_with_input(BenchmarkId::new("cached", m), &m, |b, _| {
+            pool.install(|| b.iter(|| matmul(&copies[0], &x, &mut out)))
+        });
+        let mut next = 0;
+        group.bench_with_input(BenchmarkId::new("streamed", m), &m, |b, _| {
+            pool.install(|| {
+                b.iter(|| {
+                    next = (next + 1) % copies.len();
+                    matmul(&copies[next], &x, &mut out)
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
 fn quantize(c: &mut Criterion) {
     let x: Vec<f32> = (0..16 * 1536).map(|i| (i % 13) as f32 - 6.0).collect();
     let mut a = QuantActs::default();
@@ -120,5 +152,12 @@ fn attention(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, matmul_rows, matmul_in_cache, quantize, attention);
+criterion_group!(
+    benches,
+    matmul_rows,
+    matmul_in_cache,
+    matmul_stream,
+    quantize,
+    attention
+);
 criterion_main!(benches);
