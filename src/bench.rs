@@ -236,6 +236,11 @@ pub struct BenchReport {
     /// reports written before it was recorded.
     #[serde(default)]
     pub cpu_kernels: String,
+    /// How much of the CPU kernels' weights the kernel backs with 2 MiB pages; `None` for
+    /// candle's path, on systems without `/proc/self/smaps`, and in reports written before it
+    /// was recorded.
+    #[serde(default)]
+    pub weight_pages: Option<crate::kernels::HugePages>,
 }
 
 fn jacobi_guesses() -> Guesses {
@@ -394,6 +399,7 @@ pub fn run(engine: &Engine, cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> Res
         threads: crate::kernels::pool().current_num_threads(),
         vector_probe: VectorProbe::summarize(probes),
         cpu_kernels: crate::kernels::Isa::current().name().to_string(),
+        weight_pages: engine.model().weight_pages(),
     })
 }
 

@@ -443,6 +443,15 @@ fn bench_reports_ar_jacobi_and_the_forward_cost_curve() {
     assert_eq!(r["forward_cost"][0]["ratio"], 1.0);
     assert_eq!(r["forward_cost"][0]["round_ratio"], 1.0);
     assert!(r["forward_cost"][2]["round_ratio"].as_f64().unwrap() > 0.0);
+    // The tiny GGUF runs on the CPU kernels, whose weights are one arena.
+    if cfg!(target_os = "linux") {
+        let pages = &r["weight_pages"];
+        let (huge, total) = (pages["huge"].as_u64(), pages["total"].as_u64());
+        assert!(
+            total.is_some_and(|t| t > 0 && huge.is_some_and(|h| h <= t)),
+            "{pages}"
+        );
+    }
     // A sample before each prompt and each timed round of forward costs.
     if cfg!(target_arch = "x86_64") && fixpoint::vector_probe::ops_per_cycle().is_some() {
         let probe = &r["vector_probe"];

@@ -83,6 +83,60 @@ impl<T: Copy> Deref for Packed<T> {
     }
 }
 
+/// How much of an arena the kernel backs with huge pages, as `fixpoint bench` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HugePages {
+    /// Bytes in 2 MiB pages.
+    pub huge: usize,
+    /// The arena's bytes.
+    pub total: usize,
+}
+
+impl Arena {
+    /// What `/proc/self/smaps` says of the mapping that holds the arena; `None` where there is
+    /// no such file (not Linux).
+    fn huge_pages(&self) -> Option<HugePages> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        let huge = anon_huge_bytes(&smaps, self.ptr.as_ptr() as usize)?;
+        let total = self.layout.size();
+        Some(HugePages {
+            huge: huge.min(total),
+            total,
+        })
+    }
+}
+
+/// The `AnonHugePages` of the mapping in `smaps` (the text of `/proc/<pid>/smaps`) that holds
+/// address `at`, in bytes.
+fn anon_huge_bytes(smaps: &str, at: usize) -> Option<usize> {
+    let mut inside = false;
+    for line in smaps.lines() {
+        // A mapping starts with its range, "start-end perms ...", in hex.
+        let range = line
+            .split_whitespace()
+            .next()
+            .and_then(|r| r.split_once('-'));
+        if let Some((a, b)) = range {
+            if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
+                inside = (a..b).contains(&at);
+                continue;
+            }
+        }
+        if inside {
+            if let Some(kb) = line.strip_prefix("AnonHugePages:") {
+                return kb
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+                    .map(|k| k << 10);
+            }
+        }
+    }
+    None
+}
+
 /// A weight array: a vector while a model is being built, then packed.
 #[derive(Clone)]
 pub enum Store<T> {
@@ -113,6 +167,14 @@ impl<T: Copy> fmt::Debug for Store<T> {
 }
 
 impl<T: Copy> Store<T> {
+    /// For a packed array, how much of its arena is in huge pages.
+    pub fn huge_pages(&self) -> Option<HugePages> {
+        match self {
+            Store::Owned(_) => None,
+            Store::Packed(p) => p.arena.huge_pages(),
+        }
+    }
+
     fn bytes(&self) -> &[u8] {
         // SAFETY: T is a plain value type (u8, i8, f16): any value is valid as bytes.
         unsafe { std::slice::from_raw_parts(self.as_ptr().cast(), std::mem::size_of_val(&**self)) }
@@ -178,6 +240,35 @@ pub fn pack(mut stores: Vec<StoreMut<'_>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_pages_are_read_from_the_mapping_holding_the_address() {
+        let smaps = "\
+7f0000000000-7f0000400000 rw-p 00000000 00:00 0
+Size:               4096 kB
+AnonHugePages:      2048 kB
+7f0000400000-7f0006400000 rw-p 00000000 00:00 0
+Size:              98304 kB
+Rss:               98304 kB
+AnonHugePages:     96256 kB
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]
+AnonHugePages:         0 kB
+";
+        assert_eq!(anon_huge_bytes(smaps, 0x7f0000500000), Some(96256 << 10));
+        assert_eq!(anon_huge_bytes(smaps, 0x7f0000000040), Some(2048 << 10));
+        assert_eq!(anon_huge_bytes(smaps, 0x1000), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_packed_arena_reports_its_pages() {
+        let mut a: Store<u8> = vec![7u8; 3 << 20].into();
+        assert_eq!(a.huge_pages(), None);
+        pack(vec![StoreMut::U8(&mut a)]);
+        let pages = a.huge_pages().expect("a packed arena on Linux");
+        assert_eq!(pages.total, 4 << 20);
+        assert!(pages.huge <= pages.total);
+    }
 
     #[test]
     fn packed_arrays_read_back_what_was_packed() {

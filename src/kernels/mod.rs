@@ -12,7 +12,7 @@ mod matmul;
 mod quant;
 pub(crate) mod simd;
 
-pub use arena::{pack, Store, StoreMut};
+pub use arena::{pack, HugePages, Store, StoreMut};
 pub use attention::causal_attention;
 pub use matmul::{matmul, matmul_reference, Isa};
 pub use quant::{QuantActs, QuantMatrix, BLOCK};

@@ -5,7 +5,7 @@
 
 use half::f16;
 
-use super::arena::{Store, StoreMut};
+use super::arena::{HugePages, Store, StoreMut};
 use super::simd::amax8;
 
 /// Values per block.
@@ -143,6 +143,15 @@ impl QuantMatrix {
     }
 
     /// The arrays a kernel reads, for [`super::pack`].
+    /// How much of the arena holding this matrix's codes is in huge pages (`None` before it
+    /// is packed).
+    pub fn huge_pages(&self) -> Option<HugePages> {
+        match self {
+            QuantMatrix::Q4 { qs, .. } => qs.huge_pages(),
+            QuantMatrix::Q8 { qs, .. } => qs.huge_pages(),
+        }
+    }
+
     pub fn stores(&mut self) -> Vec<StoreMut<'_>> {
         match self {
             QuantMatrix::Q4 { qs, d, m, .. } => {

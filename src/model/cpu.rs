@@ -205,6 +205,11 @@ impl CpuLlama {
         &self.cfg
     }
 
+    /// How much of the weights' arena (every matrix, packed together) is in huge pages.
+    pub fn weight_pages(&self) -> Option<crate::kernels::HugePages> {
+        self.embed_tokens.huge_pages()
+    }
+
     pub fn weight_format(&self) -> String {
         self.layers
             .first()

@@ -69,6 +69,15 @@ impl Transformer {
         }
     }
 
+    /// For the CPU kernels' weights, how much is in huge pages: streaming them through 4 KiB
+    /// pages made the matmuls 1.3x to 1.5x slower (BENCHMARKS.md).
+    pub fn weight_pages(&self) -> Option<crate::kernels::HugePages> {
+        match self {
+            Transformer::Candle(_) => None,
+            Transformer::Cpu(m) => m.weight_pages(),
+        }
+    }
+
     pub fn weight_format(&self) -> String {
         match self {
             Transformer::Candle(m) => m.weight_format(),

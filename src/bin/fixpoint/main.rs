@@ -571,6 +571,21 @@ fn bench(args: BenchArgs) -> Result<()> {
             c.m, c.ms, c.min_ms, c.max_ms, c.ratio, c.round_ratio
         );
     }
+    if let Some(p) = report.weight_pages {
+        let mb = |b: usize| b as f64 / (1 << 20) as f64;
+        println!(
+            "weights in 2 MiB pages: {:.0} of {:.0} MB",
+            mb(p.huge),
+            mb(p.total)
+        );
+        if p.huge * 2 < p.total {
+            println!(
+                "  most of the weights sit in 4 KiB pages, which made the matmuls 1.3x to 1.5x \
+                 slower on the development machine: check /sys/kernel/mm/transparent_hugepage/enabled (always or \
+                 madvise) and free memory (BENCHMARKS.md)"
+            );
+        }
+    }
     if let Some(p) = &report.vector_probe {
         println!(
             "\nvector instructions per cycle on the kernel threads: {:.1} (min {:.1}, max {:.1}, \
