@@ -199,10 +199,23 @@ mod avx2 {
         scores: Vec<f32>,
     }
 
+    /// What a call's tasks share, kept by the calling thread and reused across calls, so that
+    /// a forward allocates nothing per layer.
+    #[derive(Default)]
+    struct Call {
+        /// Per query, the keys it attends to.
+        lens: Vec<usize>,
+        /// Per query, where its q row starts in its KV head's q rows.
+        rows: Vec<usize>,
+        /// Per query and span, the span's results (see [`OUT`]).
+        parts: Vec<f32>,
+        /// Per KV head, how many of its spans are done.
+        done: Vec<AtomicUsize>,
+    }
+
     thread_local! {
         static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
-        /// The calling thread's per-span results, reused across calls.
-        static PARTS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+        static CALL: RefCell<Call> = RefCell::new(Call::default());
     }
 
     /// What a task leaves per query: the span's maximum score, its sum of exponentials, then
@@ -228,21 +241,31 @@ mod avx2 {
         // A KV head's queries, row after row: query qi is row qi / rep, head qi % rep of the
         // group (whose q rows start at head g * rep).
         let n = m * rep;
-        // Per query, worked out once: a task asks for them per block of keys and values, and
-        // as closures over `qi / rep` the divisions were 4% of its time.
-        let lens: Vec<usize> = (0..n).map(|qi| offset + qi / rep + 1).collect();
-        // Where query qi starts in its KV head's q rows: head qi % rep of the group, row qi / rep.
-        let rows: Vec<usize> = (0..n).map(|qi| ((qi % rep) * m + qi / rep) * HD).collect();
         let keys = offset + m;
         let spans = keys.div_ceil(SPAN);
         let stride = OUT + HD;
         // Every value is written by a merge.
         let optr = SharedOut(out.as_mut_ptr());
-        let with_parts = |parts: &mut Vec<f32>| {
+        let with_call = |call: &mut Call| {
+            let Call {
+                lens,
+                rows,
+                parts,
+                done,
+            } = call;
+            // Per query, worked out once: a task asks for them per block of keys and values,
+            // and as closures over `qi / rep` the divisions were 4% of its time.
+            lens.clear();
+            lens.extend((0..n).map(|qi| offset + qi / rep + 1));
+            // Head qi % rep of the group, row qi / rep.
+            rows.clear();
+            rows.extend((0..n).map(|qi| ((qi % rep) * m + qi / rep) * HD));
+            done.clear();
+            done.extend((0..kv_heads).map(|_| AtomicUsize::new(0)));
             // Every value read is written first by the call's tasks.
             parts.resize(parts.len().max(kv_heads * spans * n * stride), 0.0);
             let pptr = SharedOut(parts.as_mut_ptr());
-            let done: Vec<AtomicUsize> = (0..kv_heads).map(|_| AtomicUsize::new(0)).collect();
+            let (lens, rows, done) = (&*lens, &*rows, &*done);
             let run = |t: usize| {
                 let (g, c) = (t / spans, t % spans);
                 let head = |qi: usize| g * rep + qi % rep;
@@ -252,7 +275,7 @@ mod avx2 {
                 let task = Task {
                     q: |qi: usize| q.as_ptr().add(g * rep * m * HD + rows[qi]),
                     part: |qi: usize| part(c, qi),
-                    lens: &lens,
+                    lens,
                     start: c * SPAN,
                     end: ((c + 1) * SPAN).min(keys),
                 };
@@ -279,9 +302,9 @@ mod avx2 {
             }
         };
         // A worker waiting in this call may run another forward's whole attention.
-        PARTS.with(|parts| match parts.try_borrow_mut() {
-            Ok(mut parts) => with_parts(&mut parts),
-            Err(_) => with_parts(&mut Vec::new()),
+        CALL.with(|call| match call.try_borrow_mut() {
+            Ok(mut call) => with_call(&mut call),
+            Err(_) => with_call(&mut Call::default()),
         });
     }
 

@@ -308,19 +308,28 @@ impl QuantMatrix {
 
     /// The given rows as f32 values, concatenated (embedding lookups).
     pub fn dequantize_rows(&self, rows: &[u32]) -> Vec<f32> {
+        let mut out = Vec::new();
+        self.dequantize_rows_into(rows, &mut out);
+        out
+    }
+
+    /// [`QuantMatrix::dequantize_rows`] into `out` (cleared first), which a forward keeps so
+    /// that its embedding lookup allocates nothing.
+    pub fn dequantize_rows_into(&self, rows: &[u32], out: &mut Vec<f32>) {
         let (_, k) = self.dims();
         let nb = k / BLOCK;
-        let mut out = Vec::with_capacity(rows.len() * k);
+        out.clear();
+        out.reserve(rows.len() * k);
         for &o in rows {
             let o = o as usize;
             for b in 0..nb {
                 let (d, m) = (self.scale(o, b), self.offset(o, b));
                 match self {
                     QuantMatrix::Q4 { .. } => {
-                        let bytes: Vec<u8> = self.block_codes(o, b).collect();
-                        let lo = bytes.iter().map(|&q| d * (q & 0x0F) as f32 + m);
-                        let hi = bytes.iter().map(|&q| d * (q >> 4) as f32 + m);
-                        out.extend(lo.chain(hi));
+                        let lo = self.block_codes(o, b).map(|q| d * (q & 0x0F) as f32 + m);
+                        out.extend(lo);
+                        let hi = self.block_codes(o, b).map(|q| d * (q >> 4) as f32 + m);
+                        out.extend(hi);
                     }
                     QuantMatrix::Q8 { .. } => {
                         out.extend(self.block_codes(o, b).map(|q| q as i8 as f32 * d));
@@ -328,7 +337,6 @@ impl QuantMatrix {
                 }
             }
         }
-        out
     }
 
     /// The whole matrix as f32 values (tests, saving).

@@ -23,6 +23,8 @@ use crate::kernels::{matmul, QuantActs, QuantMatrix, BLOCK};
 /// the buffers and the decoders' logits buffer reused).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Buffers {
+    /// The residual stream, (m, hidden).
+    x: Vec<f32>,
     normed: Vec<f32>,
     qkv: Vec<f32>,
     q: Vec<f32>,
@@ -248,9 +250,9 @@ impl CpuLlama {
             cfg.head_dim,
         );
         let (q_dim, kv_dim, ff) = (nh * hd, cfg.kv_dim(), cfg.intermediate_size);
-        let mut x = self.embed_tokens.dequantize_rows(tokens);
         let mut bufs = std::mem::take(&mut cache.buffers);
         let Buffers {
+            x,
             normed,
             qkv,
             q,
@@ -260,6 +262,7 @@ impl CpuLlama {
             act,
             acts,
         } = &mut bufs;
+        self.embed_tokens.dequantize_rows_into(tokens, x);
         let normed = sized(normed, m * h);
         let qkv = sized(qkv, m * (q_dim + 2 * kv_dim));
         let q = sized(q, nh * m * hd);
@@ -269,7 +272,7 @@ impl CpuLlama {
         let act = sized(act, m * ff);
         let capacity = cache.reserve_cpu(offset + m, nkv, hd);
         for (l, layer) in self.layers.iter().enumerate() {
-            rms_norm(&x, &layer.input_layernorm, cfg.rms_norm_eps as f32, normed);
+            rms_norm(x, &layer.input_layernorm, cfg.rms_norm_eps as f32, normed);
             acts.quantize(normed, m, h);
             matmul(&layer.qkv_proj, acts, qkv);
             let (k_cache, v_cache) = cache.cpu_layer(l);
@@ -303,7 +306,7 @@ impl CpuLlama {
             matmul(&layer.o_proj, acts, proj);
             x.iter_mut().zip(proj.iter()).for_each(|(a, b)| *a += b);
             rms_norm(
-                &x,
+                x,
                 &layer.post_attention_layernorm,
                 cfg.rms_norm_eps as f32,
                 normed,
