@@ -39,12 +39,12 @@ rep("""            acts.quantize(normed, m, h);
             matmul(&layer.qkv_proj, acts, qkv);
             lap!(1);
 """)
-rep("""            let att = crate::kernels::causal_attention(""","""            lap!(2);
-            let att = crate::kernels::causal_attention(""")
-rep("""            acts.quantize(&att, m, q_dim);
+rep("""            crate::kernels::causal_attention(""","""            lap!(2);
+            crate::kernels::causal_attention(""")
+rep("""            acts.quantize(att, m, q_dim);
             matmul(&layer.o_proj, acts, proj);
 ""","""            lap!(3);
-            acts.quantize(&att, m, q_dim);
+            acts.quantize(att, m, q_dim);
             lap!(0);
             matmul(&layer.o_proj, acts, proj);
             lap!(4);
