@@ -142,7 +142,6 @@ impl QuantMatrix {
         }
     }
 
-    /// The arrays a kernel reads, for [`super::pack`].
     /// How much of the arena holding this matrix's codes is in huge pages (`None` before it
     /// is packed).
     pub fn huge_pages(&self) -> Option<HugePages> {
@@ -152,6 +151,7 @@ impl QuantMatrix {
         }
     }
 
+    /// The arrays a kernel reads, for [`super::pack`].
     pub fn stores(&mut self) -> Vec<StoreMut<'_>> {
         match self {
             QuantMatrix::Q4 { qs, d, m, .. } => {
@@ -306,15 +306,8 @@ impl QuantMatrix {
         QuantMatrix::q8(n, k, qs, &d)
     }
 
-    /// The given rows as f32 values, concatenated (embedding lookups).
-    pub fn dequantize_rows(&self, rows: &[u32]) -> Vec<f32> {
-        let mut out = Vec::new();
-        self.dequantize_rows_into(rows, &mut out);
-        out
-    }
-
-    /// [`QuantMatrix::dequantize_rows`] into `out` (cleared first), which a forward keeps so
-    /// that its embedding lookup allocates nothing.
+    /// The given rows as f32 values, concatenated, into `out` (cleared first): embedding
+    /// lookups, into a buffer the forward keeps so that they allocate nothing.
     pub fn dequantize_rows_into(&self, rows: &[u32], out: &mut Vec<f32>) {
         let (_, k) = self.dims();
         let nb = k / BLOCK;
@@ -342,7 +335,9 @@ impl QuantMatrix {
     /// The whole matrix as f32 values (tests, saving).
     pub fn dequantize(&self) -> Vec<f32> {
         let n = self.dims().0 as u32;
-        self.dequantize_rows(&(0..n).collect::<Vec<_>>())
+        let mut out = Vec::new();
+        self.dequantize_rows_into(&(0..n).collect::<Vec<_>>(), &mut out);
+        out
     }
 }
 
