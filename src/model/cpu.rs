@@ -404,18 +404,24 @@ multiversion! {
     }
 }
 
+/// The pair (x, y) rotated by the angle whose cosine and sine are `c` and `s`: [`rope`]'s and
+/// [`rope_to`]'s one formula (multiplies and adds kept apart, never fused).
+#[inline(always)]
+fn rotate(x: f32, y: f32, c: f32, s: f32) -> (f32, f32) {
+    (x * c - y * s, y * c + x * s)
+}
+
 multiversion! {
     /// One head `src` (HF half-split layout) rotated by the angles whose cosines and sines are
-    /// `cos` and `sin` (half a head each) into `dst`: the same operations as [`rope`], so the
-    /// q rows go straight to their head-major place.
+    /// `cos` and `sin` (half a head each) into `dst`, as [`rope`] does in place, so that the q
+    /// rows go straight to their head-major place.
     fn rope_to(src: &[f32], cos: &[f32], sin: &[f32], dst: &mut [f32]) {
         let (a, b) = src.split_at(cos.len());
         let (da, db) = dst.split_at_mut(cos.len());
         for ((((&x, &y), &c), &s), (da, db)) in
             a.iter().zip(b).zip(cos).zip(sin).zip(da.iter_mut().zip(db.iter_mut()))
         {
-            *da = x * c - y * s;
-            *db = y * c + x * s;
+            (*da, *db) = rotate(x, y, c, s);
         }
     }
 }
@@ -427,9 +433,7 @@ multiversion! {
         for head in heads.chunks_exact_mut(2 * cos.len()) {
             let (a, b) = head.split_at_mut(cos.len());
             for (((a, b), &c), &s) in a.iter_mut().zip(b).zip(cos).zip(sin) {
-                let (x, y) = (*a, *b);
-                *a = x * c - y * s;
-                *b = y * c + x * s;
+                (*a, *b) = rotate(*a, *b, c, s);
             }
         }
     }
