@@ -33,8 +33,16 @@ fn acts(m: usize, k: usize) -> QuantActs {
     a
 }
 
+/// A pool of one thread: a kernel's own pace, without hand-offs.
+fn one_thread() -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+}
+
 /// In the kernel pool, as a forward calls them (from outside it, each call would also pay a
-/// hand-off from a foreign thread: gate+up at 8 rows read 67 us that way against 58 us in it).
+/// hand-off from a foreign thread: gate+up at 8 rows read 67 us that way against 54 us in it).
 fn matmul_rows(c: &mut Criterion) {
     let pool = fixpoint::kernels::pool();
     // gate+up projection (Q4_1 in the default model) and the tied LM head (Q8_0).
@@ -61,10 +69,7 @@ fn matmul_rows(c: &mut Criterion) {
 /// One thread on weights that fit in L1 (64 rows of 576): the kernel's arithmetic throughput
 /// alone, without memory or scheduling. Elements are multiply-adds.
 fn matmul_in_cache(c: &mut Criterion) {
-    let one = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
+    let one = one_thread();
     let (n, k) = (64, 576);
     for (name, q4) in [("q4", true), ("q8", false)] {
         let w = weights(n, k, q4);
@@ -120,10 +125,7 @@ fn quantize(c: &mut Criterion) {
         fixpoint::kernels::pool().install(|| b.iter(|| a.quantize(&x, 16, 1536)))
     });
     // One thread, as between the matmuls of a forward of 8 tokens (8 x 576 is not split).
-    let one = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
+    let one = one_thread();
     c.bench_function("quantize_acts/8x576", |b| {
         one.install(|| b.iter(|| a.quantize(&x[..8 * 576], 8, 576)))
     });

@@ -581,8 +581,9 @@ fn bench(args: BenchArgs) -> Result<()> {
         if p.huge * 2 < p.total {
             println!(
                 "  most of the weights sit in 4 KiB pages, which made the matmuls 1.3x to 1.5x \
-                 slower on the development machine: check /sys/kernel/mm/transparent_hugepage/enabled (always or \
-                 madvise) and free memory (BENCHMARKS.md)"
+                 slower on the development machine: check \
+                 /sys/kernel/mm/transparent_hugepage/enabled (always or madvise) and free \
+                 memory (BENCHMARKS.md)"
             );
         }
     }
