@@ -33,18 +33,10 @@ fn acts(m: usize, k: usize) -> QuantActs {
     a
 }
 
-/// A pool of one thread: a kernel's own pace, without hand-offs.
-fn one_thread() -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap()
-}
+use fixpoint::kernels::team::alone;
 
-/// In the kernel pool, as a forward calls them (from outside it, each call would also pay a
-/// hand-off from a foreign thread: gate+up at 8 rows read 67 us that way against 54 us in it).
+/// On the kernel threads, as a forward calls them.
 fn matmul_rows(c: &mut Criterion) {
-    let pool = fixpoint::kernels::pool();
     // gate+up projection (Q4_1 in the default model) and the tied LM head (Q8_0).
     for (name, n, k, q4) in [
         ("gate_up_q4", 3072, 576, true),
@@ -59,7 +51,7 @@ fn matmul_rows(c: &mut Criterion) {
             let mut out = vec![0f32; m * n];
             group.throughput(Throughput::Elements((n * k) as u64));
             group.bench_with_input(BenchmarkId::from_parameter(m), &m, |b, _| {
-                pool.install(|| b.iter(|| matmul(&w, &x, &mut out)))
+                b.iter(|| matmul(&w, &x, &mut out))
             });
         }
         group.finish();
@@ -69,7 +61,6 @@ fn matmul_rows(c: &mut Criterion) {
 /// One thread on weights that fit in L1 (64 rows of 576): the kernel's arithmetic throughput
 /// alone, without memory or scheduling. Elements are multiply-adds.
 fn matmul_in_cache(c: &mut Criterion) {
-    let one = one_thread();
     let (n, k) = (64, 576);
     for (name, q4) in [("q4", true), ("q8", false)] {
         let w = weights(n, k, q4);
@@ -79,14 +70,14 @@ fn matmul_in_cache(c: &mut Criterion) {
             let mut out = vec![0f32; m * n];
             group.throughput(Throughput::Elements((m * n * k) as u64));
             group.bench_with_input(BenchmarkId::from_parameter(m), &m, |b, _| {
-                one.install(|| b.iter(|| matmul(&w, &x, &mut out)))
+                alone(|| b.iter(|| matmul(&w, &x, &mut out)))
             });
         }
         group.finish();
     }
 }
 
-/// gate+up at the model's size in the kernel pool, as in a forward: one matrix over and over
+/// gate+up at the model's size on the kernel threads, as in a forward: one matrix over and over
 /// (it stays in the cores' caches) against 48 copies in turn, packed into one arena of 2 MiB
 /// pages as the model's weights are (53 MB, past the L3). Equal times mean the arithmetic, not
 /// the stream from memory, sets the matmul's pace. Elements are multiply-adds.
@@ -94,7 +85,6 @@ fn matmul_stream(c: &mut Criterion) {
     let (n, k) = (3072, 576);
     let mut copies: Vec<QuantMatrix> = (0..48).map(|_| weights(n, k, true)).collect();
     fixpoint::kernels::pack(copies.iter_mut().flat_map(|w| w.stores()).collect());
-    let pool = fixpoint::kernels::pool();
     let mut group = c.benchmark_group("matmul_stream/gate_up_q4");
     group.sample_size(20);
     for m in [1, 8, 16] {
@@ -102,15 +92,13 @@ fn matmul_stream(c: &mut Criterion) {
         let mut out = vec![0f32; m * n];
         group.throughput(Throughput::Elements((m * n * k) as u64));
         group.bench_with_input(BenchmarkId::new("cached", m), &m, |b, _| {
-            pool.install(|| b.iter(|| matmul(&copies[0], &x, &mut out)))
+            b.iter(|| matmul(&copies[0], &x, &mut out))
         });
         let mut next = 0;
         group.bench_with_input(BenchmarkId::new("streamed", m), &m, |b, _| {
-            pool.install(|| {
-                b.iter(|| {
-                    next = (next + 1) % copies.len();
-                    matmul(&copies[next], &x, &mut out)
-                })
+            b.iter(|| {
+                next = (next + 1) % copies.len();
+                matmul(&copies[next], &x, &mut out)
             })
         });
     }
@@ -120,14 +108,13 @@ fn matmul_stream(c: &mut Criterion) {
 fn quantize(c: &mut Criterion) {
     let x: Vec<f32> = (0..16 * 1536).map(|i| (i % 13) as f32 - 6.0).collect();
     let mut a = QuantActs::default();
-    // Split over the kernel pool's threads, as in a forward.
+    // Split over the kernel threads, as in a forward.
     c.bench_function("quantize_acts/16x1536", |b| {
-        fixpoint::kernels::pool().install(|| b.iter(|| a.quantize(&x, 16, 1536)))
+        b.iter(|| a.quantize(&x, 16, 1536))
     });
     // One thread, as between the matmuls of a forward of 8 tokens (8 x 576 is not split).
-    let one = one_thread();
     c.bench_function("quantize_acts/8x576", |b| {
-        one.install(|| b.iter(|| a.quantize(&x[..8 * 576], 8, 576)))
+        alone(|| b.iter(|| a.quantize(&x[..8 * 576], 8, 576)))
     });
 }
 
@@ -147,12 +134,10 @@ fn attention(c: &mut Criterion) {
                 .collect();
             let mut out = vec![0f32; m * nh * hd];
             group.bench_with_input(BenchmarkId::from_parameter(m), &m, |b, &m| {
-                fixpoint::kernels::pool().install(|| {
-                    b.iter(|| {
-                        fixpoint::kernels::causal_attention(
-                            &q, &k, &v, nh, nkv, m, hd, cap, offset, &mut out,
-                        )
-                    })
+                b.iter(|| {
+                    fixpoint::kernels::causal_attention(
+                        &q, &k, &v, nh, nkv, m, hd, cap, offset, &mut out,
+                    )
                 })
             });
         }

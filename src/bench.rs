@@ -204,8 +204,7 @@ fn probe_kernel_threads(engine: &Engine) -> Option<f64> {
     if engine.info().device != "cpu" {
         return None;
     }
-    crate::kernels::pool()
-        .broadcast(|_| crate::vector_probe::ops_per_cycle())
+    crate::kernels::team::on_every_thread(crate::vector_probe::ops_per_cycle)
         .into_iter()
         .collect::<Option<Vec<f64>>>()?
         .into_iter()
@@ -227,7 +226,7 @@ pub struct BenchReport {
     /// Of the greedy (AR) answers, on prompts with a reference answer.
     pub accuracy: Option<Accuracy>,
     pub cache_tokens: usize,
-    /// Threads of the CPU kernels' pool (`RAYON_NUM_THREADS`, else one per core).
+    /// Threads of the CPU kernels (`FIXPOINT_THREADS`, else one per core).
     pub threads: usize,
     /// `None` on CPUs the probe has no loop for (and in reports written before it existed).
     #[serde(default)]
@@ -396,7 +395,7 @@ pub fn run(engine: &Engine, cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> Res
         forward_cost,
         accuracy,
         cache_tokens: cfg.cache_tokens,
-        threads: crate::kernels::pool().current_num_threads(),
+        threads: crate::kernels::team::threads(),
         vector_probe: VectorProbe::summarize(probes),
         cpu_kernels: crate::kernels::Isa::current().name().to_string(),
         weight_pages: engine.model().weight_pages(),

@@ -57,7 +57,6 @@ pub fn causal_attention<T: CacheValue>(
     offset: usize,
     out: &mut [f32],
 ) {
-    use rayon::prelude::*;
     assert_eq!(out.len(), m * heads * hd, "attention output size");
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::simd::has_avx2() && matches!(hd, 64 | 128) {
@@ -75,7 +74,7 @@ pub fn causal_attention<T: CacheValue>(
     // there is enough work. Each (head, row) is computed by the same code either way.
     let mut per_head = vec![0f32; heads * m * hd];
     let rep = heads / kv_heads;
-    let one = |(h, slab): (usize, &mut [f32])| {
+    let one = |h: usize, slab: &mut [f32]| {
         let mut scores = vec![0f32; offset + m];
         // The portable path widens the head's cache once per call (the vector path reads it
         // as stored).
@@ -91,9 +90,14 @@ pub fn causal_attention<T: CacheValue>(
         head(q, &k, &v, h, m, hd, offset, &mut scores, slab);
     };
     if m * (offset + m) * heads <= 1 << 11 {
-        per_head.chunks_mut(m * hd).enumerate().for_each(one);
+        per_head
+            .chunks_mut(m * hd)
+            .enumerate()
+            .for_each(|(h, slab)| one(h, slab));
     } else {
-        per_head.par_chunks_mut(m * hd).enumerate().for_each(one);
+        let slabs = crate::kernels::team::Chunks::new(&mut per_head, m * hd);
+        // SAFETY: each head's task takes its own slab, once.
+        crate::kernels::team::for_each(heads, |h| one(h, unsafe { slabs.get(h) }));
     }
     // (heads, m, hd) -> (m, heads * hd)
     for h in 0..heads {
@@ -176,8 +180,6 @@ mod avx2 {
     use std::arch::x86_64::*;
     use std::cell::RefCell;
     use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use rayon::prelude::*;
 
     use super::CacheValue;
     use crate::kernels::simd::{exp_neg, exp_neg8, hint, sum_lanes, SharedOut};
@@ -298,7 +300,7 @@ mod avx2 {
             if m * keys * heads <= 1 << 11 {
                 (0..kv_heads * spans).for_each(run);
             } else {
-                (0..kv_heads * spans).into_par_iter().for_each(run);
+                crate::kernels::team::for_each(kv_heads * spans, run);
             }
         };
         // A worker waiting in this call may run another forward's whole attention.

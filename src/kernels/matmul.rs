@@ -1,5 +1,5 @@
 //! `out (m, n) = x (m, k) @ w (n, k)^T` on quantized blocks. Weight rows are split over the
-//! thread pool in tiles of [`TILE`].
+//! kernel threads in tiles of [`TILE`].
 //!
 //! The kernel takes one tile of eight weight rows against up to [`CHUNK`] activation rows (see
 //! [`Isa::chunk`]). Per block it loads the tile's codes once (four or eight 32-byte vectors, see
@@ -22,8 +22,6 @@
 //! Each (row, output) gets the same integer sum (exact) and then the same float operations in
 //! the same order, whichever chunk size or kernel carried it, so a row's result never depends
 //! on which other rows share the call.
-
-use rayon::prelude::*;
 
 use super::quant::{QuantActs, QuantMatrix, BLOCK, TILE};
 use super::simd::SharedOut;
@@ -103,7 +101,7 @@ pub fn matmul_with(isa: Isa, w: &QuantMatrix, x: &QuantActs, out: &mut [f32]) {
         }
     };
     if tasks > 1 && m * n * k >= 1 << 16 {
-        (0..tasks).into_par_iter().for_each(run);
+        super::team::for_each(tasks, run);
     } else {
         (0..tasks).for_each(run);
     }

@@ -11,6 +11,7 @@ mod attention;
 mod matmul;
 mod quant;
 pub(crate) mod simd;
+pub mod team;
 
 pub use arena::{pack, HugePages, Store, StoreMut};
 pub use attention::causal_attention;
@@ -18,29 +19,16 @@ pub use matmul::{matmul, matmul_reference, Isa};
 pub use quant::{QuantActs, QuantMatrix, BLOCK};
 
 /// Rows per task for a row-wise step between the matmuls (activation quantization, SwiGLU) over
-/// m rows of `row_len` values: split evenly over the pool's threads from [`SPLIT_VALUES`] values
+/// m rows of `row_len` values: split evenly over the kernel threads from [`SPLIT_VALUES`] values
 /// up, else one task. Each row is computed by the same code either way.
 pub fn rows_per_task(m: usize, row_len: usize) -> usize {
     if m * row_len < SPLIT_VALUES {
         return m.max(1);
     }
-    m.div_ceil(rayon::current_num_threads()).max(1)
+    m.div_ceil(team::threads()).max(1)
 }
 
 /// Below this many values a step between matmuls runs on one thread. Measured in one process
 /// (quantization, calls alternating): 8 rows of 576 took 3.5 us on one thread and 4.0 split in
 /// two (the hand-off costs about 2 us), 16 x 576 6.0 against 5.1 us, 8 x 1536 8.7 against 6.4.
 pub const SPLIT_VALUES: usize = 8192;
-
-/// The thread pool the kernels run on: rayon's default size (`RAYON_NUM_THREADS`, else one
-/// thread per core). A forward runs inside it ([`rayon::ThreadPool::install`]), so the calling
-/// thread is one of the workers.
-pub fn pool() -> &'static rayon::ThreadPool {
-    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
-        rayon::ThreadPoolBuilder::new()
-            .thread_name(|i| format!("fixpoint-kernel-{i}"))
-            .build()
-            .expect("building the kernel thread pool")
-    })
-}

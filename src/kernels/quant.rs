@@ -536,7 +536,7 @@ mod tests {
 
     #[test]
     fn rows_split_over_threads_quantize_as_alone() {
-        // 16 x 576 values: enough to be split over the pool's threads (where it has two).
+        // 16 x 576 values: enough to be split over the kernel threads (where it has two).
         let (m, k) = (16, 576);
         assert!(m * k >= crate::kernels::SPLIT_VALUES);
         let x: Vec<f32> = (0..m * k)
@@ -591,16 +591,19 @@ impl QuantActs {
         let rows = super::rows_per_task(m, k);
         let nb = k / BLOCK;
         if rows < m {
-            use rayon::prelude::*;
-            x.par_chunks(rows * k)
-                .zip(self.qs.par_chunks_mut(rows * k))
-                .zip(self.d.par_chunks_mut(rows * nb))
-                .zip(self.s.par_chunks_mut(rows * nb))
-                .zip(self.bias.par_chunks_mut(rows * nb))
-                .zip(self.d8.par_chunks_mut(rows * nb * 8))
-                .for_each(|(((((x, qs), d), s), bias), d8)| {
-                    quantize_part(x, qs, BlockStats { d, s, bias }, d8)
-                });
+            use super::team::{for_each, Chunks};
+            let qs = Chunks::new(&mut self.qs, rows * k);
+            let d = Chunks::new(&mut self.d, rows * nb);
+            let s = Chunks::new(&mut self.s, rows * nb);
+            let bias = Chunks::new(&mut self.bias, rows * nb);
+            let d8 = Chunks::new(&mut self.d8, rows * nb * 8);
+            for_each(qs.len(), |i| {
+                // SAFETY: task i takes chunk i of each buffer, once.
+                let (qs, d, s, bias, d8) =
+                    unsafe { (qs.get(i), d.get(i), s.get(i), bias.get(i), d8.get(i)) };
+                let x = &x[i * rows * k..][..qs.len()];
+                quantize_part(x, qs, BlockStats { d, s, bias }, d8)
+            });
         } else {
             let out = BlockStats {
                 d: &mut self.d,

@@ -228,18 +228,6 @@ impl CpuLlama {
         logits: Logits,
         out: &mut Vec<f32>,
     ) {
-        // On a pool thread, the serial steps between kernels run on one of the pool's threads
-        // instead of a third thread that the idle workers' spinning would fight for the cores.
-        crate::kernels::pool().install(|| self.forward_in_pool(tokens, cache, logits, out))
-    }
-
-    fn forward_in_pool(
-        &self,
-        tokens: &[u32],
-        cache: &mut KvCache,
-        logits: Logits,
-        out: &mut Vec<f32>,
-    ) {
         let cfg = &self.cfg;
         let m = tokens.len();
         let offset = cache.len();
@@ -439,17 +427,18 @@ multiversion! {
     }
 }
 
-/// `out = silu(gate) * up` for rows laid out as [gate | up], rows split over the pool's threads
+/// `out = silu(gate) * up` for rows laid out as [gate | up], rows split over the kernel threads
 /// when there are enough (see [`crate::kernels::rows_per_task`]).
 fn swiglu(gate_up: &[f32], ff: usize, out: &mut [f32]) {
-    use rayon::prelude::*;
     let m = out.len() / ff;
     let rows = crate::kernels::rows_per_task(m, 2 * ff);
     if rows < m {
-        gate_up
-            .par_chunks(rows * 2 * ff)
-            .zip(out.par_chunks_mut(rows * ff))
-            .for_each(|(gate_up, out)| swiglu_rows(gate_up, ff, out));
+        let out = crate::kernels::team::Chunks::new(out, rows * ff);
+        crate::kernels::team::for_each(out.len(), |i| {
+            // SAFETY: task i takes chunk i, once.
+            let out = unsafe { out.get(i) };
+            swiglu_rows(&gate_up[i * rows * 2 * ff..][..out.len() * 2], ff, out)
+        });
     } else {
         swiglu_rows(gate_up, ff, out);
     }
