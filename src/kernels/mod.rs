@@ -29,6 +29,8 @@ pub fn rows_per_task(m: usize, row_len: usize) -> usize {
 }
 
 /// Below this many values a step between matmuls runs on one thread. Measured in one process
-/// (quantization, calls alternating): 8 rows of 576 took 3.5 us on one thread and 4.0 split in
-/// two (the hand-off costs about 2 us), 16 x 576 6.0 against 5.1 us, 8 x 1536 8.7 against 6.4.
+/// (quantization, calls alternating) with rayon's hand-offs: 8 rows of 576 took 3.5 us on one
+/// thread and 4.0 split in two, 16 x 576 6.0 against 5.1 us, 8 x 1536 8.7 against 6.4. With the
+/// team's cheaper hand-offs, 2048 and 4096 measured the same as this in whole forwards (0.997x
+/// to 1.008x at 1 to 16 tokens).
 pub const SPLIT_VALUES: usize = 8192;
