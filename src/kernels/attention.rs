@@ -303,7 +303,8 @@ mod avx2 {
                 crate::kernels::team::for_each(kv_heads * spans, run);
             }
         };
-        // A worker waiting in this call may run another forward's whole attention.
+        // Borrowed only if attention were called from inside its own tasks (no forward does
+        // that; the kernel threads never run another call's work while waiting): a fresh one.
         CALL.with(|call| match call.try_borrow_mut() {
             Ok(mut call) => with_call(&mut call),
             Err(_) => with_call(&mut Call::default()),
