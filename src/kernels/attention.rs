@@ -303,12 +303,9 @@ mod avx2 {
                 crate::kernels::team::for_each(kv_heads * spans, run);
             }
         };
-        // Borrowed only if attention were called from inside its own tasks (no forward does
-        // that; the kernel threads never run another call's work while waiting): a fresh one.
-        CALL.with(|call| match call.try_borrow_mut() {
-            Ok(mut call) => with_call(&mut call),
-            Err(_) => with_call(&mut Call::default()),
-        });
+        // Never borrowed already: the kernel threads do not run another call's work while
+        // they wait (as rayon's workers did), and no task calls attention.
+        CALL.with_borrow_mut(with_call);
     }
 
     /// One query's result from its spans `0..spans` (`part(c)`, see [`OUT`]), in span order:

@@ -279,12 +279,11 @@ impl Team {
         let mut ran = 0;
         for c in (me..self.threads).chain(0..me) {
             let counter = &self.shares[c].0;
+            let left =
+                |word: u64| (word & FIELD_MASK) < share(c, self.threads, tasks_of(word)).end as u64;
             loop {
                 // Another thread's share is read before it is claimed from, so that finding
                 // it empty does not take its cache line away from its owner.
-                let left = |word: u64| {
-                    (word & FIELD_MASK) < share(c, self.threads, tasks_of(word)).end as u64
-                };
                 if c != me && !left(counter.load(Ordering::Relaxed)) {
                     break;
                 }
