@@ -1,4 +1,5 @@
-//! The engine: a loaded model and its tokenizer, called with a request, streaming events back.
+//! The engine: a loaded model, its tokenizer and the last generation's KV cache, called with a
+//! request, streaming events back.
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +10,7 @@ use crate::decode::block_size::BlockTuner;
 use crate::decode::{self, CancelToken, DecodeEvent, DecodeOptions, Generation};
 use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
-use crate::model::{self, GgufFile, Transformer, WeightPolicy};
+use crate::model::{self, GgufFile, KvCache, Transformer, WeightPolicy};
 use crate::tokenizer::{Message, Tokenizer};
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -62,6 +63,10 @@ pub struct Engine {
     info: ModelInfo,
     /// What `--block auto` learned about this model on this machine, kept across generations.
     tuner: std::sync::Mutex<BlockTuner>,
+    /// The last generation's KV cache (its prompt and answer), whose entries the next prompt
+    /// reuses as far as it starts the same: a chat's next turn computes only the new messages.
+    /// Taken while a generation runs; a concurrent one starts from an empty cache.
+    cache: std::sync::Mutex<Option<KvCache>>,
 }
 
 impl Engine {
@@ -123,6 +128,7 @@ impl Engine {
             tokenizer,
             info,
             tuner: std::sync::Mutex::new(BlockTuner::new(crate::decode::AUTO_MAX_BLOCK)),
+            cache: std::sync::Mutex::new(None),
         }
     }
 
@@ -184,9 +190,15 @@ impl Engine {
             Ok(t) => t.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
-        let result = decode::generate_tuned(
+        let held = match self.cache.lock() {
+            Ok(mut c) => c.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        let mut cache = held.unwrap_or_else(|| self.model.new_cache());
+        let result = decode::generate_in(
             &self.model,
             &self.tokenizer,
+            &mut cache,
             &ids,
             &request.options,
             cancel,
@@ -195,6 +207,9 @@ impl Engine {
         );
         if let Ok(mut t) = self.tuner.lock() {
             *t = tuner;
+        }
+        if let Ok(mut c) = self.cache.lock() {
+            *c = Some(cache);
         }
         result
     }

@@ -156,7 +156,6 @@ impl TinySpec {
         Ok(t)
     }
 
-    /// The random model with float weights.
     /// The random model with exact f32 weights on candle.
     pub fn build(&self, device: &Device) -> Result<Transformer> {
         Self::from_tensors(self.config(), self.random_tensors()?, device)

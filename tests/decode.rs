@@ -162,3 +162,218 @@ fn auto_block_is_lossless_and_reports_the_size_it_used() {
         auto.block
     );
 }
+
+fn chat(messages: &[(&str, &str)], mode: Mode) -> GenerateRequest {
+    GenerateRequest {
+        prompt: Prompt::Chat(
+            messages
+                .iter()
+                .map(|(role, text)| fixpoint::Message::new(*role, *text))
+                .collect(),
+        ),
+        options: DecodeOptions {
+            mode,
+            max_tokens: 40,
+            ..Default::default()
+        },
+    }
+}
+
+/// An engine on the fast CPU forward, whose results do not depend on how many tokens share a
+/// pass: the one that reuses a previous prompt's cache entries.
+fn fast_engine() -> Engine {
+    let model = TinySpec {
+        seed: 7,
+        ..Default::default()
+    }
+    .build_fast()
+    .unwrap();
+    Engine::from_parts(model, tiny_tokenizer(), Path::new("tiny"))
+}
+
+#[test]
+fn a_chat_turn_reuses_the_last_turns_cache_and_answers_as_from_scratch() {
+    for mode in [Mode::Autoregressive, Mode::JacobiAuto(8)] {
+        let e = fast_engine();
+        let go = |e: &Engine, r: &GenerateRequest| {
+            let mut reported = None;
+            let g = e
+                .generate(r, &CancelToken::new(), |ev| {
+                    if let DecodeEvent::Prefill { reused_tokens, .. } = ev {
+                        reported = Some(reused_tokens);
+                    }
+                })
+                .unwrap();
+            assert_eq!(reported, Some(g.reused_prompt_tokens));
+            g
+        };
+        let first = go(&e, &chat(&[("user", "the quick brown fox")], mode));
+        assert_eq!(first.reused_prompt_tokens, 0, "nothing to reuse yet");
+        let history = [
+            ("user", "the quick brown fox"),
+            ("assistant", first.text.as_str()),
+            ("user", "jumps over the lazy dog"),
+        ];
+        let second = go(&e, &chat(&history, mode));
+        // The template and the first turn's prompt at least, all but the last token at most.
+        assert!(
+            second.reused_prompt_tokens >= first.prompt_tokens
+                && second.reused_prompt_tokens < second.prompt_tokens,
+            "{} of {} reused after a prompt of {}",
+            second.reused_prompt_tokens,
+            second.prompt_tokens,
+            first.prompt_tokens
+        );
+        let fresh = go(&fast_engine(), &chat(&history, mode));
+        assert_eq!(fresh.reused_prompt_tokens, 0);
+        assert_eq!(second.token_ids, fresh.token_ids, "{mode:?}");
+        assert_eq!(second.text, fresh.text);
+        // The same request again: only the prompt's last token goes through the model.
+        let again = go(&e, &chat(&history, mode));
+        assert_eq!(again.reused_prompt_tokens, again.prompt_tokens - 1);
+        assert_eq!(again.token_ids, fresh.token_ids);
+        // A different conversation shares only the template's start.
+        let other = go(&e, &chat(&[("user", "hello there")], mode));
+        assert!(other.reused_prompt_tokens < first.prompt_tokens);
+        let other_fresh = go(&fast_engine(), &chat(&[("user", "hello there")], mode));
+        assert_eq!(other.token_ids, other_fresh.token_ids);
+    }
+}
+
+#[test]
+fn a_cancelled_answer_leaves_a_cache_the_next_prompt_can_use() {
+    let e = fast_engine();
+    let cancel = CancelToken::new();
+    let mut passes = 0;
+    let cut = e
+        .generate(
+            &chat(&[("user", "the quick brown fox")], Mode::Jacobi(4)),
+            &cancel,
+            |ev| {
+                if let DecodeEvent::Iteration(_) = ev {
+                    passes += 1;
+                    if passes == 3 {
+                        cancel.cancel();
+                    }
+                }
+            },
+        )
+        .unwrap();
+    assert_eq!(cut.stop_reason, StopReason::Cancelled);
+    let history = [
+        ("user", "the quick brown fox"),
+        ("assistant", cut.text.as_str()),
+        ("user", "and then?"),
+    ];
+    let next = e
+        .generate(
+            &chat(&history, Mode::Autoregressive),
+            &CancelToken::new(),
+            |_| {},
+        )
+        .unwrap();
+    assert!(next.reused_prompt_tokens > 0);
+    let fresh = fast_engine()
+        .generate(
+            &chat(&history, Mode::Autoregressive),
+            &CancelToken::new(),
+            |_| {},
+        )
+        .unwrap();
+    assert_eq!(next.token_ids, fresh.token_ids);
+}
+
+#[test]
+fn candle_models_compute_every_prompt_again() {
+    // Its matmuls round differently for different shapes, so reusing entries could change an
+    // answer.
+    let e = engine();
+    for _ in 0..2 {
+        let g = e
+            .generate(
+                &chat(&[("user", "the quick brown fox")], Mode::Autoregressive),
+                &CancelToken::new(),
+                |_| {},
+            )
+            .unwrap();
+        assert_eq!(g.reused_prompt_tokens, 0);
+    }
+}
+
+#[test]
+fn a_reused_cache_holds_the_same_entries_as_one_filled_from_scratch() {
+    use fixpoint::decode::generate_in;
+    use fixpoint::model::Logits;
+    let e = fast_engine();
+    let (model, tok) = (e.model(), e.tokenizer());
+    let ids = |messages: &[(&str, &str)]| {
+        e.prompt_ids(&chat(messages, Mode::Autoregressive).prompt)
+            .unwrap()
+    };
+    let shared = |a: &[u32], b: &[u32]| a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let mut cache = model.new_cache();
+    let mut last = None;
+    // A conversation, then a different one, then the first again: every kind of overlap.
+    for (i, prompt) in [
+        ids(&[("user", "the quick brown fox")]),
+        ids(&[
+            ("user", "the quick brown fox"),
+            ("assistant", "jumps"),
+            ("user", "over the lazy dog"),
+        ]),
+        ids(&[("user", "hello there")]),
+        ids(&[
+            ("user", "the quick brown fox"),
+            ("assistant", "jumps"),
+            ("user", "over"),
+        ]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mode = if i % 2 == 0 {
+            Mode::Autoregressive
+        } else {
+            Mode::Jacobi(4)
+        };
+        let opts = DecodeOptions {
+            mode,
+            max_tokens: 12,
+            ..Default::default()
+        };
+        let run = |cache: &mut fixpoint::model::KvCache| {
+            generate_in(
+                model,
+                tok,
+                cache,
+                &prompt,
+                &opts,
+                &CancelToken::new(),
+                None,
+                |_| {},
+            )
+            .unwrap()
+        };
+        let held = cache.tokens().expect("every forward recorded").to_vec();
+        let g = run(&mut cache);
+        assert_eq!(
+            g.reused_prompt_tokens,
+            shared(&held, &prompt).min(prompt.len() - 1)
+        );
+        let mut fresh = model.new_cache();
+        let f = run(&mut fresh);
+        assert_eq!((f.reused_prompt_tokens, &f.token_ids), (0, &g.token_ids));
+        assert_eq!(cache.tokens(), fresh.tokens());
+        // Entries equal bit for bit: the next token's logits are.
+        let next = [g.token_ids.last().copied().unwrap_or(3)];
+        let (mut a, mut b) = (cache.clone(), fresh.clone());
+        let la = model.forward(&next, &mut a, Logits::Last).unwrap();
+        let lb = model.forward(&next, &mut b, Logits::Last).unwrap();
+        assert!(
+            la.iter().zip(&lb).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "prompt {i}"
+        );
+        last = Some(g.reused_prompt_tokens);
+    }
+    assert!(last.unwrap() > 0);
+}

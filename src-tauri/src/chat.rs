@@ -22,6 +22,8 @@ pub enum ChatEvent {
     },
     Prefill {
         prompt_tokens: usize,
+        /// Prompt tokens whose KV entries the previous generation left (not computed again).
+        reused_tokens: usize,
         ms: f64,
     },
     /// Tokens the answer grew by, and their text.
@@ -136,9 +138,15 @@ pub fn decode(
             &GenerateRequest { prompt, options },
             cancel,
             |event| match event {
-                DecodeEvent::Prefill { prompt_tokens, ms } => {
-                    emit(ChatEvent::Prefill { prompt_tokens, ms })
-                }
+                DecodeEvent::Prefill {
+                    prompt_tokens,
+                    reused_tokens,
+                    ms,
+                } => emit(ChatEvent::Prefill {
+                    prompt_tokens,
+                    reused_tokens,
+                    ms,
+                }),
                 DecodeEvent::Tokens { ids, text } => emit(ChatEvent::Text { ids, delta: text }),
                 DecodeEvent::Iteration(it) => {
                     let view = IterationView::new(engine, it);

@@ -6,8 +6,14 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum DecodeEvent {
-    /// The prompt went through the model; `first_token` is its greedy or sampled continuation.
-    Prefill { prompt_tokens: usize, ms: f64 },
+    /// The prompt went through the model, all but its first `reused_tokens` (whose cache
+    /// entries an earlier generation had left: a chat's history).
+    Prefill {
+        prompt_tokens: usize,
+        #[serde(default)]
+        reused_tokens: usize,
+        ms: f64,
+    },
     /// One Jacobi iteration (one forward pass over the block).
     Iteration(Iteration),
     /// Tokens now known to be part of the answer, and the text they add.
@@ -61,6 +67,10 @@ pub struct Generation {
     pub token_ids: Vec<u32>,
     pub stop_reason: StopReason,
     pub prompt_tokens: usize,
+    /// Prompt tokens whose cache entries were kept from the previous generation (see
+    /// `decode::generate_in`), not computed again.
+    #[serde(default)]
+    pub reused_prompt_tokens: usize,
     pub generated_tokens: usize,
     /// Forward passes after prefill.
     pub forward_passes: usize,

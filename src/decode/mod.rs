@@ -182,6 +182,29 @@ pub fn generate_tuned(
     opts: &DecodeOptions,
     cancel: &CancelToken,
     tuner: Option<&mut block_size::BlockTuner>,
+    on_event: impl FnMut(DecodeEvent),
+) -> Result<Generation> {
+    let mut cache = model.new_cache();
+    generate_in(
+        model, tokenizer, &mut cache, prompt, opts, cancel, tuner, on_event,
+    )
+}
+
+/// [`generate_tuned`] on a cache that may hold an earlier generation's prompt and answer (a
+/// chat's history): the entries of the longest start it shares with `prompt` are kept instead
+/// of computed again, where the model is [`Transformer::batch_invariant`] (so the answer is
+/// bit-identical to one from an empty cache); the rest is dropped. The cache must be this
+/// model's ([`Transformer::new_cache`]); it is left holding the prompt and the answer's tokens,
+/// for the next call.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_in(
+    model: &Transformer,
+    tokenizer: &Tokenizer,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    opts: &DecodeOptions,
+    cancel: &CancelToken,
+    tuner: Option<&mut block_size::BlockTuner>,
     mut on_event: impl FnMut(DecodeEvent),
 ) -> Result<Generation> {
     let context = model.config().context_length;
@@ -195,12 +218,19 @@ pub fn generate_tuned(
             context,
         });
     }
-    let mut cache = model.new_cache();
+    // At least the prompt's last token goes through the model: its logits give the first
+    // token.
+    let reused = match cache.tokens() {
+        Some(held) if model.batch_invariant() => shared_start(held, prompt).min(prompt.len() - 1),
+        _ => 0,
+    };
+    cache.truncate(reused);
     let t = Instant::now();
-    let logits = prefill(model, &mut cache, prompt)?;
+    let logits = prefill(model, cache, &prompt[reused..])?;
     let prefill_ms = t.elapsed().as_secs_f64() * 1e3;
     on_event(DecodeEvent::Prefill {
         prompt_tokens: prompt.len(),
+        reused_tokens: reused,
         ms: prefill_ms,
     });
     let mut sampler = Sampler::new(opts.sampling);
@@ -210,7 +240,7 @@ pub fn generate_tuned(
         Mode::Autoregressive => (
             autoregressive::decode(
                 model,
-                &mut cache,
+                cache,
                 first,
                 &mut sampler,
                 &mut out,
@@ -239,7 +269,7 @@ pub fn generate_tuned(
             };
             let progress = jacobi::decode(
                 model,
-                &mut cache,
+                cache,
                 prompt,
                 first,
                 &mut sizer,
@@ -269,6 +299,7 @@ pub fn generate_tuned(
         token_ids: out.ids.clone(),
         stop_reason: out.stop.unwrap_or(StopReason::MaxTokens),
         prompt_tokens: prompt.len(),
+        reused_prompt_tokens: reused,
         generated_tokens: generated,
         forward_passes: progress.passes,
         tokens_per_iteration,
@@ -284,7 +315,12 @@ pub fn generate_tuned(
     })
 }
 
-/// Feeds the prompt into an empty cache; returns the logits after its last token.
+/// How many leading tokens `a` and `b` share.
+fn shared_start(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Feeds `prompt` into the cache after what it holds; returns the logits after its last token.
 pub fn prefill(model: &Transformer, cache: &mut KvCache, prompt: &[u32]) -> Result<Vec<f32>> {
     let mut logits = None;
     for chunk in prompt.chunks(PREFILL_CHUNK) {

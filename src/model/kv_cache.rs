@@ -1,5 +1,7 @@
 //! Per-layer key/value cache that grows in place and can be truncated to any length, which is
-//! what Jacobi decoding needs to drop the entries of rejected block positions.
+//! what Jacobi decoding needs to drop the entries of rejected block positions. It also keeps the
+//! token ids it holds, so that a later prompt that starts the same (a chat's next turn) can
+//! reuse the entries (see `decode::generate_in`).
 
 use candle_core::{Result, Tensor};
 use half::f16;
@@ -24,6 +26,9 @@ pub struct KvCache {
     pub(crate) buffers: super::cpu::Buffers,
     len: usize,
     max_len: usize,
+    /// The token at each position `0..len`, as [`KvCache::record`] was told; shorter than `len`
+    /// if a forward bypassed it (then [`KvCache::tokens`] knows nothing).
+    tokens: Vec<u32>,
 }
 
 impl KvCache {
@@ -35,6 +40,7 @@ impl KvCache {
             buffers: Default::default(),
             len: 0,
             max_len,
+            tokens: Vec::new(),
         }
     }
 
@@ -54,10 +60,25 @@ impl KvCache {
     /// Forgets every position at or after `len`.
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
+        self.tokens.truncate(self.len);
     }
 
     pub fn clear(&mut self) {
-        self.len = 0;
+        self.truncate(0);
+    }
+
+    /// The token ids at positions `0..len`, if every forward into this cache recorded them.
+    pub fn tokens(&self) -> Option<&[u32]> {
+        (self.tokens.len() == self.len).then_some(&self.tokens[..])
+    }
+
+    /// Notes that positions `start..` now hold `tokens` (after a forward from `start`).
+    pub(crate) fn record(&mut self, start: usize, tokens: &[u32]) {
+        self.tokens.truncate(start);
+        // Positions before `start` unknown: stay unknown.
+        if self.tokens.len() == start && start + tokens.len() == self.len {
+            self.tokens.extend_from_slice(tokens);
+        }
     }
 
     /// Writes `k`, `v` (1, kv_heads, m, head_dim) at positions `len..len+m` of `layer` and returns
@@ -140,5 +161,35 @@ impl KvCache {
 
     pub(crate) fn advance(&mut self, m: usize) {
         self.len += m;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_follow_forwards_and_truncation() {
+        let mut c = KvCache::new(1, 16);
+        assert_eq!(c.tokens(), Some(&[][..]));
+        c.advance(3);
+        c.record(0, &[1, 2, 3]);
+        assert_eq!(c.tokens(), Some(&[1, 2, 3][..]));
+        c.truncate(2);
+        assert_eq!(c.tokens(), Some(&[1, 2][..]));
+        c.advance(2);
+        c.record(2, &[7, 8]);
+        assert_eq!(c.tokens(), Some(&[1, 2, 7, 8][..]));
+        // A forward that was not recorded: what follows it is unknown.
+        c.advance(1);
+        assert_eq!(c.tokens(), None);
+        c.advance(1);
+        c.record(5, &[9]);
+        assert_eq!(c.tokens(), None);
+        // What came before it is still known.
+        c.truncate(4);
+        assert_eq!(c.tokens(), Some(&[1, 2, 7, 8][..]));
+        c.clear();
+        assert_eq!(c.tokens(), Some(&[][..]));
     }
 }

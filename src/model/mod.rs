@@ -124,6 +124,7 @@ impl Transformer {
                 cfg.vocab_size
             )));
         }
+        let start = cache.len();
         match self {
             Transformer::Candle(model) => {
                 *out = model
@@ -133,7 +134,16 @@ impl Transformer {
             }
             Transformer::Cpu(model) => model.forward_into(tokens, cache, logits, out),
         }
+        cache.record(start, tokens);
         Ok(())
+    }
+
+    /// Whether a token's logits and KV entries are the same bits however many tokens share its
+    /// forward pass: true for our CPU forward (see `cpu`), not for candle's, whose matmuls
+    /// round differently for different shapes. Where it holds, entries computed in one
+    /// generation can stand in for a later prompt's without changing its answer.
+    pub fn batch_invariant(&self) -> bool {
+        matches!(self, Transformer::Cpu(_))
     }
 
     /// Every weight as a dense f32 tensor under its Hugging Face name.

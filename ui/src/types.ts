@@ -21,6 +21,8 @@ export interface Generation {
   token_ids: number[];
   stop_reason: string;
   prompt_tokens: number;
+  /** Prompt tokens whose KV entries the previous generation left (absent in older saves). */
+  reused_prompt_tokens?: number;
   generated_tokens: number;
   forward_passes: number;
   tokens_per_iteration: number;
@@ -61,7 +63,7 @@ export interface StoredMessage {
 
 export type ChatEvent =
   | { kind: "started"; user_message: StoredMessage | null; mode: string }
-  | { kind: "prefill"; prompt_tokens: number; ms: number }
+  | { kind: "prefill"; prompt_tokens: number; reused_tokens: number; ms: number }
   | { kind: "text"; ids: number[]; delta: string }
   | ({ kind: "iteration" } & IterationView)
   | { kind: "done"; message: StoredMessage; stats: Generation; ar_tokens_per_second: number | null };

@@ -367,12 +367,14 @@ fn generate(args: GenerateArgs) -> Result<()> {
 
 fn summary(g: &Generation) -> String {
     format!(
-        "[{} tokens in {} passes: {:.2} tokens/pass, {:.1} tokens/s, prefill {:.0} ms, {} block {}, stop: {:?}]",
+        "[{} tokens in {} passes: {:.2} tokens/pass, {:.1} tokens/s, prefill {:.0} ms ({} prompt tokens, {} cached), {} block {}, stop: {:?}]",
         g.generated_tokens,
         g.forward_passes,
         g.tokens_per_iteration,
         g.tokens_per_second,
         g.prefill_ms,
+        g.prompt_tokens,
+        g.reused_prompt_tokens,
         g.mode,
         g.block,
         g.stop_reason

@@ -34,6 +34,8 @@ export function Messages(props: {
                 {m.stats.tokens_per_second.toFixed(1)} tokens/s · {m.stats.mode}
                 {m.stats.mode !== "ar" ? ` (block ${m.stats.block})` : ""}
                 {m.stats.stop_reason === "cancelled" ? " · stopped" : ""}
+                {` · prompt ${m.stats.prompt_tokens} tokens in ${m.stats.prefill_ms.toFixed(0)} ms`}
+                {m.stats.reused_prompt_tokens ? ` (${m.stats.reused_prompt_tokens} cached)` : ""}
               </span>
             )}
             <button onClick={() => navigator.clipboard?.writeText(m.content)}>copy</button>
