@@ -403,7 +403,7 @@ pub fn run(engine: &Engine, cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> Res
 }
 
 /// Median time of one forward of m tokens (logits for all of them) on a cache holding
-/// `cache_tokens` positions. A [`probe_kernel_threads`] sample before each round goes to
+/// `cache_tokens` positions. A `probe_kernel_threads` sample before each round goes to
 /// `probes`.
 pub fn forward_costs(
     engine: &Engine,

@@ -2,7 +2,7 @@
 //!
 //! `autoregressive` predicts one token per forward pass (greedy or sampled); `jacobi` predicts a
 //! block of n per pass and keeps what the pass confirms. Both share prefill, stop conditions and
-//! text streaming ([`output`]).
+//! text streaming (`output`).
 
 mod autoregressive;
 pub mod block_size;

@@ -37,8 +37,8 @@ pub fn code_index(nb: usize, bytes: usize, o: usize, b: usize, j: usize) -> usiz
     tile + (j / 4) * 32 + r * 4 + j % 4
 }
 
-/// An (n, k) weight matrix in blocks of 32 along k, stored by tiles of [`TILE`] rows (codes by
-/// [`code_index`], scales by [`scale_index`]). n is rounded up to whole tiles; the extra rows
+/// An (n, k) weight matrix in blocks of 32 along k, stored by tiles of `TILE` rows (codes by
+/// `code_index`, scales by `scale_index`). n is rounded up to whole tiles; the extra rows
 /// are zero codes with zero scales, so kernels can read whole tiles. Scales stay f16, as in
 /// GGUF.
 #[derive(Debug, Clone)]

@@ -16,7 +16,7 @@
 //!
 //! So that idle helpers do not fight for a core (the issue with spinning pools: a worker that
 //! spins while the thread it waits for has lost its core stalls both), an idle thread spins
-//! only for [`SPIN`], then yields its core between checks, and after [`YIELD`] sleeps until
+//! only for `SPIN`, then yields its core between checks, and after `YIELD` sleeps until
 //! the next call. A thread that lost its core holds back at most the task it is running: the
 //! others take the rest of its share.
 //!

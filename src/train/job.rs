@@ -219,7 +219,7 @@ pub struct Plan {
     pub settings: JobSettings,
     /// About `max_new / block` records per training prompt.
     pub estimated_updates: usize,
-    /// The whole job on this machine's cores, from the model's size (see [`estimate_seconds`]).
+    /// The whole job on this machine's cores, from the model's size (see `estimate_seconds`).
     pub estimated_seconds: f64,
     pub memory_bytes: u64,
     pub disk_bytes: u64,
