@@ -1,4 +1,4 @@
-//! The engine: a loaded model, its tokenizer and the last generation's KV cache, called with a
+//! The engine: a loaded model, its tokenizer and recent generations' KV caches, called with a
 //! request, streaming events back.
 
 use std::path::{Path, PathBuf};
@@ -63,11 +63,16 @@ pub struct Engine {
     info: ModelInfo,
     /// What `--block auto` learned about this model on this machine, kept across generations.
     tuner: std::sync::Mutex<BlockTuner>,
-    /// The last generation's KV cache (its prompt and answer), whose entries the next prompt
-    /// reuses as far as it starts the same: a chat's next turn computes only the new messages.
-    /// Taken while a generation runs; a concurrent one starts from an empty cache.
-    cache: std::sync::Mutex<Option<KvCache>>,
+    /// Recent generations' KV caches (prompt and answer), the latest first. A new prompt takes
+    /// the one it shares the longest start with and reuses its entries that far: a chat's next
+    /// turn, or the next turn of a conversation the user went back to, computes only the new
+    /// messages. A cache is out of the list while its generation runs (a concurrent one takes
+    /// another, or an empty one).
+    caches: std::sync::Mutex<Vec<KvCache>>,
 }
+
+/// Caches kept at most: a few conversations to switch between.
+const KEPT_CACHES: usize = 4;
 
 impl Engine {
     /// Loads a `.gguf` file or a Hugging Face model folder.
@@ -128,7 +133,7 @@ impl Engine {
             tokenizer,
             info,
             tuner: std::sync::Mutex::new(BlockTuner::new(crate::decode::AUTO_MAX_BLOCK)),
-            cache: std::sync::Mutex::new(None),
+            caches: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -190,11 +195,7 @@ impl Engine {
             Ok(t) => t.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
-        let held = match self.cache.lock() {
-            Ok(mut c) => c.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        let mut cache = held.unwrap_or_else(|| self.model.new_cache());
+        let mut cache = self.take_cache(&ids);
         let result = decode::generate_in(
             &self.model,
             &self.tokenizer,
@@ -208,10 +209,47 @@ impl Engine {
         if let Ok(mut t) = self.tuner.lock() {
             *t = tuner;
         }
-        if let Ok(mut c) = self.cache.lock() {
-            *c = Some(cache);
-        }
+        self.keep_cache(cache);
         result
+    }
+
+    /// A cache to decode `prompt` in: the kept one it shares the longest start with (the latest
+    /// of equals) if the prompt continues all of it (the conversation's next turn), else a copy
+    /// of the shared start (another conversation, a regenerated or edited answer), which leaves
+    /// the kept cache to its own conversation.
+    fn take_cache(&self, prompt: &[u32]) -> KvCache {
+        let mut caches = self.caches.lock().unwrap_or_else(|e| e.into_inner());
+        let shared = |c: &KvCache| decode::shared_start(c.tokens().unwrap_or(&[]), prompt);
+        let best = (0..caches.len()).rev().max_by_key(|&i| shared(&caches[i]));
+        match best {
+            Some(i) if shared(&caches[i]) == caches[i].len() => caches.remove(i),
+            Some(i) => caches[i].copy_prefix(shared(&caches[i])),
+            None => self.model.new_cache(),
+        }
+    }
+
+    /// Puts `cache` first in the list, dropping the oldest beyond [`KEPT_CACHES`] or beyond the
+    /// model's context in positions held together (23 KB a position for SmolLM2, so about 190
+    /// MB, plus the caches' room to grow), but never the latest. Only where entries can be
+    /// reused ([`Transformer::batch_invariant`]).
+    fn keep_cache(&self, cache: KvCache) {
+        if !self.model.batch_invariant() {
+            return;
+        }
+        let mut caches = self.caches.lock().unwrap_or_else(|e| e.into_inner());
+        caches.insert(0, cache);
+        let budget = self.model.config().context_length;
+        let mut held = 0;
+        let keep = caches
+            .iter()
+            .take(KEPT_CACHES)
+            .take_while(|c| {
+                held += c.len();
+                held <= budget
+            })
+            .count()
+            .max(1);
+        caches.truncate(keep);
     }
 
     /// Writes the model as a Hugging Face folder (config.json, model.safetensors, tokenizer.json,

@@ -377,3 +377,80 @@ fn a_reused_cache_holds_the_same_entries_as_one_filled_from_scratch() {
     }
     assert!(last.unwrap() > 0);
 }
+
+#[test]
+fn going_back_to_an_earlier_conversation_reuses_its_cache() {
+    let e = fast_engine();
+    let go = |messages: &[(&str, &str)]| {
+        e.generate(
+            &chat(messages, Mode::JacobiAuto(8)),
+            &CancelToken::new(),
+            |_| {},
+        )
+        .unwrap()
+    };
+    let a1 = go(&[("user", "the quick brown fox")]);
+    let b1 = go(&[("user", "hello there, how are you")]);
+    let a = [
+        ("user", "the quick brown fox"),
+        ("assistant", a1.text.as_str()),
+        ("user", "jumps over"),
+    ];
+    let b = [
+        ("user", "hello there, how are you"),
+        ("assistant", b1.text.as_str()),
+        ("user", "fine"),
+    ];
+    // Each picks up its own conversation's cache, not the latest one.
+    let a2 = go(&a);
+    assert!(a2.reused_prompt_tokens >= a1.prompt_tokens, "{a2:?}");
+    let b2 = go(&b);
+    assert!(b2.reused_prompt_tokens >= b1.prompt_tokens, "{b2:?}");
+    // Regenerating the answer: the prompt parts from the cache at the old answer, so the new
+    // answer starts from a copy of the prompt's entries.
+    let again = go(&a);
+    assert_eq!(again.reused_prompt_tokens, again.prompt_tokens - 1);
+    assert_eq!(again.token_ids, a2.token_ids);
+    for (messages, got) in [(&a, &a2), (&b, &b2)] {
+        let fresh = fast_engine()
+            .generate(
+                &chat(messages, Mode::JacobiAuto(8)),
+                &CancelToken::new(),
+                |_| {},
+            )
+            .unwrap();
+        assert_eq!(fresh.token_ids, got.token_ids);
+    }
+}
+
+#[test]
+fn a_copied_prefix_continues_like_the_cache_it_came_from() {
+    use fixpoint::model::Logits;
+    let e = fast_engine();
+    let model = e.model();
+    let ids: Vec<u32> = (0..300u32).map(|i| 3 + i * 7 % 250).collect();
+    let mut cache = model.new_cache();
+    // Grown past one step of its buffers, then cut inside them.
+    model
+        .forward(&ids[..280], &mut cache, Logits::Last)
+        .unwrap();
+    for len in [0, 1, 100, 257, 280] {
+        let mut copy = cache.copy_prefix(len);
+        assert_eq!(copy.len(), len);
+        assert_eq!(copy.tokens(), Some(&ids[..len]));
+        let mut cut = cache.clone();
+        cut.truncate(len);
+        let a = model
+            .forward(&ids[len..len + 20], &mut copy, Logits::All)
+            .unwrap();
+        let b = model
+            .forward(&ids[len..len + 20], &mut cut, Logits::All)
+            .unwrap();
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "len {len}"
+        );
+    }
+    // The original is untouched.
+    assert_eq!(cache.tokens(), Some(&ids[..280]));
+}

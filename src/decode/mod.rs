@@ -316,7 +316,7 @@ pub fn generate_in(
 }
 
 /// How many leading tokens `a` and `b` share.
-fn shared_start(a: &[u32], b: &[u32]) -> usize {
+pub(crate) fn shared_start(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 

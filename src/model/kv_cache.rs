@@ -1,7 +1,7 @@
 //! Per-layer key/value cache that grows in place and can be truncated to any length, which is
 //! what Jacobi decoding needs to drop the entries of rejected block positions. It also keeps the
 //! token ids it holds, so that a later prompt that starts the same (a chat's next turn) can
-//! reuse the entries (see `decode::generate_in`).
+//! reuse the entries (see `decode::generate_in` and the engine's kept caches).
 
 use candle_core::{Result, Tensor};
 use half::f16;
@@ -22,6 +22,8 @@ pub struct KvCache {
     /// contexts that read outweighs the weights.
     cpu: Vec<(Vec<f16>, Vec<f16>)>,
     cpu_capacity: usize,
+    /// (kv_heads, head_dim) of the CPU buffers, once they exist.
+    cpu_shape: (usize, usize),
     /// The CPU forward's working buffers, kept between forwards (see [`super::cpu::Buffers`]).
     pub(crate) buffers: super::cpu::Buffers,
     len: usize,
@@ -37,6 +39,7 @@ impl KvCache {
             layers: vec![None; num_layers],
             cpu: vec![(Vec::new(), Vec::new()); num_layers],
             cpu_capacity: 0,
+            cpu_shape: (0, 0),
             buffers: Default::default(),
             len: 0,
             max_len,
@@ -70,6 +73,30 @@ impl KvCache {
     /// The token ids at positions `0..len`, if every forward into this cache recorded them.
     pub fn tokens(&self) -> Option<&[u32]> {
         (self.tokens.len() == self.len).then_some(&self.tokens[..])
+    }
+
+    /// A new cache holding this one's first `len` positions (the CPU forward's entries; a cache
+    /// of the candle forward gives an empty one), with room for only as many as it needs: for
+    /// continuing from a shared start while this cache stays as it is.
+    pub fn copy_prefix(&self, len: usize) -> KvCache {
+        let mut copy = KvCache::new(self.cpu.len(), self.max_len);
+        let (kv_heads, head_dim) = self.cpu_shape;
+        let len = len.min(self.len);
+        if self.cpu_capacity == 0 || len == 0 || self.tokens().is_none() {
+            return copy;
+        }
+        let cap = copy.reserve_cpu(len, kv_heads, head_dim);
+        let (old, rows) = (self.cpu_capacity * head_dim, len * head_dim);
+        for ((k, v), (ck, cv)) in self.cpu.iter().zip(&mut copy.cpu) {
+            for (src, dst) in [(k, ck), (v, cv)] {
+                for h in 0..kv_heads {
+                    dst[h * cap * head_dim..][..rows].copy_from_slice(&src[h * old..][..rows]);
+                }
+            }
+        }
+        copy.len = len;
+        copy.tokens = self.tokens[..len].to_vec();
+        copy
     }
 
     /// Notes that positions `start..` now hold `tokens` (after a forward from `start`).
@@ -123,6 +150,7 @@ impl KvCache {
     /// Makes the CPU buffers hold at least `needed` positions; returns their capacity.
     pub(crate) fn reserve_cpu(&mut self, needed: usize, kv_heads: usize, head_dim: usize) -> usize {
         let old = self.cpu_capacity;
+        self.cpu_shape = (kv_heads, head_dim);
         if needed > old {
             // Grow geometrically so appends stay amortised O(m).
             let cap = needed
