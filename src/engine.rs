@@ -230,13 +230,17 @@ impl Engine {
 
     /// Puts `cache` first in the list, dropping the oldest beyond [`KEPT_CACHES`] or beyond the
     /// model's context in positions held together (23 KB a position for SmolLM2, so about 190
-    /// MB, plus the caches' room to grow), but never the latest. Only where entries can be
-    /// reused ([`Transformer::batch_invariant`]).
+    /// MB, plus the caches' room to grow), but never the latest. Only the latest keeps the
+    /// forward's working buffers. Only where entries can be reused
+    /// ([`Transformer::batch_invariant`]).
     fn keep_cache(&self, cache: KvCache) {
         if !self.model.batch_invariant() {
             return;
         }
         let mut caches = self.caches.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(previous) = caches.first_mut() {
+            previous.release_buffers();
+        }
         caches.insert(0, cache);
         let budget = self.model.config().context_length;
         let mut held = 0;
