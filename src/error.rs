@@ -58,6 +58,16 @@ pub enum Error {
     #[error("the prompt is {tokens} tokens long, but the model's context holds {context}")]
     PromptTooLong { tokens: usize, context: usize },
 
+    #[error(
+        "the last message makes a prompt of {tokens} tokens; with {room} kept for the answer, \
+         the model's context of {context} has no room for it (shorten it or lower max tokens)"
+    )]
+    MessageTooLong {
+        tokens: usize,
+        room: usize,
+        context: usize,
+    },
+
     #[error("block size {block} is invalid: it must be between 1 and {max}")]
     InvalidBlockSize { block: usize, max: usize },
 

@@ -454,3 +454,51 @@ fn a_copied_prefix_continues_like_the_cache_it_came_from() {
     // The original is untouched.
     assert_eq!(cache.tokens(), Some(&ids[..280]));
 }
+
+#[test]
+fn a_long_conversation_keeps_its_latest_messages_and_a_steady_start() {
+    let e = fast_engine();
+    let context = e.model().config().context_length;
+    let (max_tokens, budget, step) = (100, context - 100, context / 4);
+    let mut history = vec![fixpoint::Message::new("system", "be brief")];
+    let mut starts = Vec::new();
+    for turn in 0..80 {
+        history.push(fixpoint::Message::user(format!(
+            "question {turn}: the quick brown fox"
+        )));
+        let (kept, dropped) = e.fit_chat(&history, max_tokens).unwrap();
+        let ids = e.prompt_ids(&Prompt::Chat(kept.clone())).unwrap();
+        assert!(ids.len() <= budget, "turn {turn}: {} tokens", ids.len());
+        assert_eq!(kept[0].role, "system");
+        assert_eq!(kept[1].role, "user");
+        assert_eq!(&kept[1..], &history[1 + dropped..]);
+        // Not much more than needed: a step is a quarter of the context in the messages' own
+        // tokens (the template's markers come on top).
+        if dropped > 0 {
+            assert!(
+                ids.len() + 2 * step > budget,
+                "turn {turn}: {} tokens",
+                ids.len()
+            );
+        }
+        starts.push(dropped);
+        history.push(fixpoint::Message::assistant(
+            "the lazy dog sleeps in the sun",
+        ));
+    }
+    // The start moved, forward only, and stayed put for several turns at a time.
+    let cut = starts.iter().filter(|&&d| d > 0).count();
+    let moves = starts.windows(2).filter(|w| w[0] != w[1]).count();
+    assert!(cut > 0 && moves > 1, "{starts:?}");
+    assert!(starts.windows(2).all(|w| w[0] <= w[1]), "{starts:?}");
+    assert!(moves * 2 < cut, "{starts:?}");
+    // A message too long for the context with the answer's room is an error that says so.
+    let long = "the quick brown fox ".repeat(200);
+    let err = e
+        .fit_chat(&[fixpoint::Message::user(long)], max_tokens)
+        .unwrap_err();
+    assert!(
+        matches!(err, fixpoint::Error::MessageTooLong { .. }),
+        "{err}"
+    );
+}

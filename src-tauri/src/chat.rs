@@ -198,12 +198,13 @@ pub fn answer(
         user_message,
         mode: conversation.settings.mode.clone(),
     });
-    let prompt = Prompt::Chat(
-        history
-            .iter()
-            .map(|m| Message::new(m.role.clone(), m.content.clone()))
-            .collect(),
-    );
+    let messages: Vec<Message> = history
+        .iter()
+        .map(|m| Message::new(m.role.clone(), m.content.clone()))
+        .collect();
+    // A conversation longer than the context keeps its latest messages (the saved ones stay).
+    let (messages, _dropped) = engine.fit_chat(&messages, options.max_tokens)?;
+    let prompt = Prompt::Chat(messages);
     let greedy_ar = options.mode == Mode::Autoregressive && options.sampling.is_greedy();
     let (generation, trajectory) = decode(&engine, prompt, options, &job.token, emit)?;
     if greedy_ar

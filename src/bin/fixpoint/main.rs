@@ -461,14 +461,19 @@ fn chat(args: ChatArgs) -> Result<()> {
             }
         };
         history.push(Message::user(line));
-        // Drop the oldest turns (keeping a system message) until the conversation fits.
-        while history.len() > 1 {
-            match engine.prompt_ids(&Prompt::Chat(history.clone())) {
-                Err(fixpoint::Error::PromptTooLong { .. }) => {
-                    let first = history.iter().position(|m| m.role != "system").unwrap_or(0);
-                    history.remove(first);
+        // The oldest turns go (a few at a time, see `Engine::fit_chat`) once the conversation
+        // and an answer no longer fit the context.
+        match engine.fit_chat(&history, options.max_tokens) {
+            Ok((kept, dropped)) => {
+                if dropped > 0 {
+                    eprintln!("(the {dropped} oldest messages no longer fit the context: dropped)");
                 }
-                _ => break,
+                history = kept;
+            }
+            Err(e) => {
+                history.pop();
+                eprintln!("error: {e}");
+                continue;
             }
         }
         let request = GenerateRequest {
