@@ -203,7 +203,7 @@ pub fn answer(
         .map(|m| Message::new(m.role.clone(), m.content.clone()))
         .collect();
     // A conversation longer than the context keeps its latest messages (the saved ones stay).
-    let (messages, _dropped) = engine.fit_chat(&messages, options.max_tokens)?;
+    let (messages, dropped) = engine.fit_chat(&messages, options.max_tokens)?;
     let prompt = Prompt::Chat(messages);
     let greedy_ar = options.mode == Mode::Autoregressive && options.sampling.is_greedy();
     let (generation, trajectory) = decode(&engine, prompt, options, &job.token, emit)?;
@@ -213,7 +213,11 @@ pub fn answer(
     {
         *lock(&state.ar_speed) = Some(generation.tokens_per_second);
     }
-    let stats = serde_json::to_value(&generation)?;
+    let mut stats = serde_json::to_value(&generation)?;
+    if dropped > 0 {
+        // Shown under the answer: the model did not see the earliest messages.
+        stats["dropped_messages"] = dropped.into();
+    }
     let trajectory = (!trajectory.is_empty())
         .then(|| serde_json::to_value(&trajectory))
         .transpose()?;

@@ -276,3 +276,40 @@ fn the_window_may_call_our_commands_and_nothing_else() {
     );
     assert!(refused.is_err(), "{refused:?}");
 }
+
+#[test]
+fn a_conversation_longer_than_the_context_keeps_answering() {
+    let state = AppState::new(Db::in_memory().unwrap());
+    state.set_engine(tiny_engine(256));
+    let app = mock_app(state);
+    let state = app.state::<AppState>();
+    let c = state
+        .with_db(|db| {
+            db.create_conversation(
+                fixpoint_desktop::NEW_CHAT_TITLE,
+                &ChatSettings {
+                    max_tokens: 30,
+                    ..Default::default()
+                },
+            )
+        })
+        .unwrap();
+    let mut dropped = Vec::new();
+    for turn in 0..16 {
+        let (channel, _) = recording_channel::<ChatEvent>();
+        let saved = tauri::async_runtime::block_on(commands::send_message(
+            app.handle().clone(),
+            c.id,
+            format!("question {turn}: the quick brown fox jumps over the lazy dog"),
+            channel,
+        ))
+        .unwrap_or_else(|e| panic!("turn {turn}: {e:?}"));
+        let stats = saved.stats.unwrap();
+        dropped.push(stats["dropped_messages"].as_u64().unwrap_or(0));
+    }
+    // Every message stays saved; the model saw only the latest ones once they outgrew it.
+    let all = state.with_db(|db| db.messages(c.id)).unwrap();
+    assert_eq!(all.len(), 32);
+    assert!(*dropped.last().unwrap() > 0, "{dropped:?}");
+    assert!(dropped.windows(2).all(|w| w[0] <= w[1]), "{dropped:?}");
+}

@@ -23,6 +23,8 @@ export interface Generation {
   prompt_tokens: number;
   /** Prompt tokens whose KV entries the previous generation left (absent in older saves). */
   reused_prompt_tokens?: number;
+  /** Earliest messages of the conversation left out to fit the context (saved stats only). */
+  dropped_messages?: number;
   generated_tokens: number;
   forward_passes: number;
   tokens_per_iteration: number;

@@ -36,6 +36,9 @@ export function Messages(props: {
                 {m.stats.stop_reason === "cancelled" ? " · stopped" : ""}
                 {` · prompt ${m.stats.prompt_tokens} tokens in ${m.stats.prefill_ms.toFixed(0)} ms`}
                 {m.stats.reused_prompt_tokens ? ` (${m.stats.reused_prompt_tokens} cached)` : ""}
+                {m.stats.dropped_messages
+                  ? ` · the ${m.stats.dropped_messages} earliest messages did not fit the context`
+                  : ""}
               </span>
             )}
             <button onClick={() => navigator.clipboard?.writeText(m.content)}>copy</button>
