@@ -461,8 +461,8 @@ fn chat(args: ChatArgs) -> Result<()> {
             }
         };
         history.push(Message::user(line));
-        // The oldest turns go (a few at a time, see `Engine::fit_chat`) once the conversation
-        // and an answer no longer fit the context.
+        // The oldest turns go (a quarter of the context at a time, see `Engine::fit_chat`)
+        // once the conversation and an answer no longer fit the context.
         match engine.fit_chat(&history, options.max_tokens) {
             Ok((kept, dropped)) => {
                 if dropped > 0 {
