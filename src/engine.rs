@@ -275,10 +275,16 @@ impl Engine {
     fn take_cache(&self, prompt: &[u32]) -> KvCache {
         let mut caches = self.caches.lock().unwrap_or_else(|e| e.into_inner());
         let shared = |c: &KvCache| decode::shared_start(c.tokens().unwrap_or(&[]), prompt);
-        let best = (0..caches.len()).rev().max_by_key(|&i| shared(&caches[i]));
+        // Oldest first, so that `max_by_key` (the last of equals) picks the latest.
+        let best = caches
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, c)| (shared(c), i))
+            .max_by_key(|&(n, _)| n);
         match best {
-            Some(i) if shared(&caches[i]) == caches[i].len() => caches.remove(i),
-            Some(i) => caches[i].copy_prefix(shared(&caches[i])),
+            Some((n, i)) if n == caches[i].len() => caches.remove(i),
+            Some((n, i)) => caches[i].copy_prefix(n),
             None => self.model.new_cache(),
         }
     }
