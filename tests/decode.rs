@@ -191,6 +191,17 @@ fn fast_engine() -> Engine {
     Engine::from_parts(model, tiny_tokenizer(), Path::new("tiny"))
 }
 
+/// The engine's answer to a conversation.
+fn ask(e: &Engine, messages: &[(&str, &str)], mode: Mode) -> fixpoint::Generation {
+    e.generate(&chat(messages, mode), &CancelToken::new(), |_| {})
+        .unwrap()
+}
+
+/// Whether two sets of logits are the same bits.
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
 #[test]
 fn a_chat_turn_reuses_the_last_turns_cache_and_answers_as_from_scratch() {
     for mode in [Mode::Autoregressive, Mode::JacobiAuto(8)] {
@@ -265,21 +276,9 @@ fn a_cancelled_answer_leaves_a_cache_the_next_prompt_can_use() {
         ("assistant", cut.text.as_str()),
         ("user", "and then?"),
     ];
-    let next = e
-        .generate(
-            &chat(&history, Mode::Autoregressive),
-            &CancelToken::new(),
-            |_| {},
-        )
-        .unwrap();
+    let next = ask(&e, &history, Mode::Autoregressive);
     assert!(next.reused_prompt_tokens > 0);
-    let fresh = fast_engine()
-        .generate(
-            &chat(&history, Mode::Autoregressive),
-            &CancelToken::new(),
-            |_| {},
-        )
-        .unwrap();
+    let fresh = ask(&fast_engine(), &history, Mode::Autoregressive);
     assert_eq!(next.token_ids, fresh.token_ids);
 }
 
@@ -289,13 +288,7 @@ fn candle_models_compute_every_prompt_again() {
     // answer.
     let e = engine();
     for _ in 0..2 {
-        let g = e
-            .generate(
-                &chat(&[("user", "the quick brown fox")], Mode::Autoregressive),
-                &CancelToken::new(),
-                |_| {},
-            )
-            .unwrap();
+        let g = ask(&e, &[("user", "the quick brown fox")], Mode::Autoregressive);
         assert_eq!(g.reused_prompt_tokens, 0);
     }
 }
@@ -369,10 +362,7 @@ fn a_reused_cache_holds_the_same_entries_as_one_filled_from_scratch() {
         let (mut a, mut b) = (cache.clone(), fresh.clone());
         let la = model.forward(&next, &mut a, Logits::Last).unwrap();
         let lb = model.forward(&next, &mut b, Logits::Last).unwrap();
-        assert!(
-            la.iter().zip(&lb).all(|(x, y)| x.to_bits() == y.to_bits()),
-            "prompt {i}"
-        );
+        assert!(same_bits(&la, &lb), "prompt {i}");
         last = Some(g.reused_prompt_tokens);
     }
     assert!(last.unwrap() > 0);
@@ -381,14 +371,7 @@ fn a_reused_cache_holds_the_same_entries_as_one_filled_from_scratch() {
 #[test]
 fn going_back_to_an_earlier_conversation_reuses_its_cache() {
     let e = fast_engine();
-    let go = |messages: &[(&str, &str)]| {
-        e.generate(
-            &chat(messages, Mode::JacobiAuto(8)),
-            &CancelToken::new(),
-            |_| {},
-        )
-        .unwrap()
-    };
+    let go = |messages: &[(&str, &str)]| ask(&e, messages, Mode::JacobiAuto(8));
     let a1 = go(&[("user", "the quick brown fox")]);
     let b1 = go(&[("user", "hello there, how are you")]);
     let a = [
@@ -412,13 +395,7 @@ fn going_back_to_an_earlier_conversation_reuses_its_cache() {
     assert_eq!(again.reused_prompt_tokens, again.prompt_tokens - 1);
     assert_eq!(again.token_ids, a2.token_ids);
     for (messages, got) in [(&a, &a2), (&b, &b2)] {
-        let fresh = fast_engine()
-            .generate(
-                &chat(messages, Mode::JacobiAuto(8)),
-                &CancelToken::new(),
-                |_| {},
-            )
-            .unwrap();
+        let fresh = ask(&fast_engine(), messages, Mode::JacobiAuto(8));
         assert_eq!(fresh.token_ids, got.token_ids);
     }
 }
@@ -446,10 +423,7 @@ fn a_copied_prefix_continues_like_the_cache_it_came_from() {
         let b = model
             .forward(&ids[len..len + 20], &mut cut, Logits::All)
             .unwrap();
-        assert!(
-            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
-            "len {len}"
-        );
+        assert!(same_bits(&a, &b), "len {len}");
     }
     // The original is untouched.
     assert_eq!(cache.tokens(), Some(&ids[..280]));
