@@ -46,6 +46,14 @@ fn recording_channel<T: serde::Serialize>() -> (Channel<T>, Arc<Mutex<Vec<Value>
     (channel, got)
 }
 
+/// A new conversation with these settings; its id.
+fn conversation(state: &AppState, title: &str, settings: ChatSettings) -> i64 {
+    state
+        .with_db(|db| db.create_conversation(title, &settings))
+        .unwrap()
+        .id
+}
+
 fn mock_app(state: AppState) -> tauri::App<tauri::test::MockRuntime> {
     fixpoint_desktop::builder(state)
         .build(tauri::generate_context!())
@@ -56,22 +64,19 @@ fn mock_app(state: AppState) -> tauri::App<tauri::test::MockRuntime> {
 fn an_answer_streams_through_a_channel_and_is_saved() {
     let app = mock_app(state_with_model());
     let state = app.state::<AppState>();
-    let c = state
-        .with_db(|db| {
-            db.create_conversation(
-                fixpoint_desktop::NEW_CHAT_TITLE,
-                &ChatSettings {
-                    block: "4".into(),
-                    max_tokens: 40,
-                    ..Default::default()
-                },
-            )
-        })
-        .unwrap();
+    let c = conversation(
+        &state,
+        fixpoint_desktop::NEW_CHAT_TITLE,
+        ChatSettings {
+            block: "4".into(),
+            max_tokens: 40,
+            ..Default::default()
+        },
+    );
     let (channel, got) = recording_channel::<ChatEvent>();
     let saved = tauri::async_runtime::block_on(commands::send_message(
         app.handle().clone(),
-        c.id,
+        c,
         "count to ten".into(),
         channel,
     ))
@@ -106,7 +111,7 @@ fn an_answer_streams_through_a_channel_and_is_saved() {
         .collect();
     assert_eq!(text, saved.content, "the streamed text is the saved answer");
 
-    let messages = state.with_db(|db| db.messages(c.id)).unwrap();
+    let messages = state.with_db(|db| db.messages(c)).unwrap();
     assert_eq!(messages.len(), 2);
     assert_eq!(messages[0].content, "count to ten");
     assert_eq!(
@@ -119,34 +124,30 @@ fn an_answer_streams_through_a_channel_and_is_saved() {
             .len(),
         iterations.len()
     );
-    let renamed = state.with_db(|db| db.conversation(c.id)).unwrap();
+    let renamed = state.with_db(|db| db.conversation(c)).unwrap();
     assert_eq!(renamed.title, "count to ten");
 
     // Regenerate replaces the answer instead of adding one.
     let (channel, _) = recording_channel::<ChatEvent>();
-    tauri::async_runtime::block_on(commands::regenerate(app.handle().clone(), c.id, channel))
-        .unwrap();
-    assert_eq!(state.with_db(|db| db.messages(c.id)).unwrap().len(), 2);
+    tauri::async_runtime::block_on(commands::regenerate(app.handle().clone(), c, channel)).unwrap();
+    assert_eq!(state.with_db(|db| db.messages(c)).unwrap().len(), 2);
 }
 
 #[test]
 fn stop_cancels_within_a_pass_and_keeps_what_was_shown() {
     let state = AppState::new(Db::in_memory().unwrap());
     state.set_engine(tiny_engine(4096));
-    let c = state
-        .with_db(|db| {
-            db.create_conversation(
-                "long",
-                &ChatSettings {
-                    block: "4".into(),
-                    max_tokens: 4000,
-                    ..Default::default()
-                },
-            )
-        })
-        .unwrap();
+    let c = conversation(
+        &state,
+        "long",
+        ChatSettings {
+            block: "4".into(),
+            max_tokens: 4000,
+            ..Default::default()
+        },
+    );
     let mut passes = 0;
-    let saved = chat::answer(&state, c.id, Some("go".into()), &mut |e| {
+    let saved = chat::answer(&state, c, Some("go".into()), &mut |e| {
         if let ChatEvent::Iteration(_) = e {
             passes += 1;
             if passes == 5 {
@@ -166,10 +167,8 @@ fn stop_cancels_within_a_pass_and_keeps_what_was_shown() {
 #[test]
 fn errors_come_back_typed() {
     let state = AppState::new(Db::in_memory().unwrap());
-    let c = state
-        .with_db(|db| db.create_conversation("x", &ChatSettings::default()))
-        .unwrap();
-    let err = chat::answer(&state, c.id, Some("hi".into()), &mut |_| {}).unwrap_err();
+    let c = conversation(&state, "x", ChatSettings::default());
+    let err = chat::answer(&state, c, Some("hi".into()), &mut |_| {}).unwrap_err();
     assert!(matches!(err, AppError::NoModel));
     assert_eq!(serde_json::to_value(&err).unwrap()["kind"], "no_model");
 
@@ -178,8 +177,8 @@ fn errors_come_back_typed() {
         block: "0".into(),
         ..Default::default()
     };
-    state.with_db(|db| db.update_settings(c.id, &bad)).unwrap();
-    let err = chat::answer(&state, c.id, Some("hi".into()), &mut |_| {}).unwrap_err();
+    state.with_db(|db| db.update_settings(c, &bad)).unwrap();
+    let err = chat::answer(&state, c, Some("hi".into()), &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("block"), "{err}");
     let err = chat::answer(&state, 999, Some("hi".into()), &mut |_| {}).unwrap_err();
     assert!(matches!(err, AppError::NoSuchConversation(999)));
@@ -283,23 +282,20 @@ fn a_conversation_longer_than_the_context_keeps_answering() {
     state.set_engine(tiny_engine(256));
     let app = mock_app(state);
     let state = app.state::<AppState>();
-    let c = state
-        .with_db(|db| {
-            db.create_conversation(
-                fixpoint_desktop::NEW_CHAT_TITLE,
-                &ChatSettings {
-                    max_tokens: 30,
-                    ..Default::default()
-                },
-            )
-        })
-        .unwrap();
+    let c = conversation(
+        &state,
+        fixpoint_desktop::NEW_CHAT_TITLE,
+        ChatSettings {
+            max_tokens: 30,
+            ..Default::default()
+        },
+    );
     let mut dropped = Vec::new();
     for turn in 0..16 {
         let (channel, _) = recording_channel::<ChatEvent>();
         let saved = tauri::async_runtime::block_on(commands::send_message(
             app.handle().clone(),
-            c.id,
+            c,
             format!("question {turn}: the quick brown fox jumps over the lazy dog"),
             channel,
         ))
@@ -308,7 +304,7 @@ fn a_conversation_longer_than_the_context_keeps_answering() {
         dropped.push(stats["dropped_messages"].as_u64().unwrap_or(0));
     }
     // Every message stays saved; the model saw only the latest ones once they outgrew it.
-    let all = state.with_db(|db| db.messages(c.id)).unwrap();
+    let all = state.with_db(|db| db.messages(c)).unwrap();
     assert_eq!(all.len(), 32);
     assert!(*dropped.last().unwrap() > 0, "{dropped:?}");
     assert!(dropped.windows(2).all(|w| w[0] <= w[1]), "{dropped:?}");
