@@ -62,51 +62,6 @@ pub fn dot8(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// Four dot products of `a` with `b0..b3`, each computed exactly as [`dot8`] computes it (same
-/// lanes, same order); interleaving four independent chains hides the multiply-add latency.
-#[inline(always)]
-pub fn dot8x4(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
-    let n = a.len();
-    let b = b.map(|b| &b[..n]);
-    let mut acc = [[0f32; 8]; 4];
-    let chunks = n / 8;
-    for c in 0..chunks {
-        let x = &a[c * 8..c * 8 + 8];
-        for (acc, b) in acc.iter_mut().zip(&b) {
-            let y = &b[c * 8..c * 8 + 8];
-            for l in 0..8 {
-                acc[l] += x[l] * y[l];
-            }
-        }
-    }
-    let mut out = [0f32; 4];
-    for i in 0..4 {
-        let mut s = sum_lanes(acc[i]);
-        for j in chunks * 8..n {
-            s += a[j] * b[i][j];
-        }
-        out[i] = s;
-    }
-    out
-}
-
-#[inline(always)]
-pub fn sum8(a: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = a.chunks_exact(8);
-    let rest = chunks.remainder();
-    for x in chunks {
-        for l in 0..8 {
-            acc[l] += x[l];
-        }
-    }
-    let mut s = sum_lanes(acc);
-    for x in rest {
-        s += x;
-    }
-    s
-}
-
 #[inline(always)]
 pub fn sum_squares8(a: &[f32]) -> f32 {
     dot8(a, a)
@@ -328,24 +283,6 @@ mod tests {
             };
             for (g, &x) in got.iter().zip(chunk) {
                 assert_eq!(g.to_bits(), exp_neg(x).to_bits(), "{x}");
-            }
-        }
-    }
-
-    #[test]
-    fn four_dots_at_once_equal_four_single_dots_bit_for_bit() {
-        for n in [1, 7, 8, 64, 67] {
-            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
-            let bs: Vec<Vec<f32>> = (0..4)
-                .map(|t| (0..n).map(|i| ((i + t) as f32 * 0.91).cos()).collect())
-                .collect();
-            let four = dot8x4(&a, [&bs[0], &bs[1], &bs[2], &bs[3]]);
-            for t in 0..4 {
-                assert_eq!(
-                    four[t].to_bits(),
-                    dot8(&a, &bs[t]).to_bits(),
-                    "n {n}, t {t}"
-                );
             }
         }
     }
