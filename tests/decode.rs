@@ -476,3 +476,96 @@ fn a_long_conversation_keeps_its_latest_messages_and_a_steady_start() {
         "{err}"
     );
 }
+
+/// An engine whose context holds prompts of several prefill chunks, and such a prompt.
+fn long_prompt_engine() -> (Engine, GenerateRequest) {
+    let model = TinySpec {
+        seed: 7,
+        context: 4096,
+        ..Default::default()
+    }
+    .build_fast()
+    .unwrap();
+    let engine = Engine::from_parts(model, tiny_tokenizer(), Path::new("tiny"));
+    let text = "the quick brown fox jumps over the lazy dog. ".repeat(40);
+    let request = GenerateRequest {
+        prompt: Prompt::Raw(text),
+        options: DecodeOptions {
+            mode: Mode::Autoregressive,
+            max_tokens: 8,
+            ..Default::default()
+        },
+    };
+    (engine, request)
+}
+
+#[test]
+fn a_long_prompt_reports_its_way_through_the_model() {
+    let (e, long) = long_prompt_engine();
+    let mut events = Vec::new();
+    let g = e
+        .generate(&long, &CancelToken::new(), |ev| events.push(ev))
+        .unwrap();
+    let progress: Vec<(usize, usize)> = events
+        .iter()
+        .filter_map(|ev| match ev {
+            DecodeEvent::PrefillProgress { done, total } => Some((*done, *total)),
+            _ => None,
+        })
+        .collect();
+    assert!(progress.len() >= 2, "{} prompt tokens", g.prompt_tokens);
+    assert!(progress.windows(2).all(|w| w[0].0 < w[1].0));
+    assert!(progress.iter().all(|&(_, total)| total == g.prompt_tokens));
+    assert_eq!(progress.last().unwrap().0, g.prompt_tokens);
+    // Then the prompt is through, then the answer.
+    let prefill = events
+        .iter()
+        .position(|ev| matches!(ev, DecodeEvent::Prefill { .. }))
+        .unwrap();
+    assert!(matches!(
+        events[prefill - 1],
+        DecodeEvent::PrefillProgress { .. }
+    ));
+    assert_eq!(g.generated_tokens, 8);
+    // A prompt of one chunk reports nothing on the way.
+    let mut short = Vec::new();
+    e.generate(
+        &request(Mode::Autoregressive, 4, vec![]),
+        &CancelToken::new(),
+        |ev| short.push(ev),
+    )
+    .unwrap();
+    assert!(!short
+        .iter()
+        .any(|ev| matches!(ev, DecodeEvent::PrefillProgress { .. })));
+}
+
+#[test]
+fn a_stop_while_a_long_prompt_goes_through_ends_it_between_chunks() {
+    let (e, request) = long_prompt_engine();
+    let cancel = CancelToken::new();
+    let mut events = Vec::new();
+    let cut = e
+        .generate(&request, &cancel, |ev| {
+            if let DecodeEvent::PrefillProgress { .. } = ev {
+                cancel.cancel();
+            }
+            events.push(ev);
+        })
+        .unwrap();
+    assert_eq!(cut.stop_reason, StopReason::Cancelled);
+    assert_eq!((cut.generated_tokens, cut.text.as_str()), (0, ""));
+    // One chunk went through, nothing after it.
+    assert_eq!(events.len(), 1, "{events:?}");
+    // The next answer starts from the chunk that went through, and is the same as from scratch.
+    let next = e.generate(&request, &CancelToken::new(), |_| {}).unwrap();
+    let DecodeEvent::PrefillProgress { done, .. } = events[0] else {
+        unreachable!("only progress was recorded")
+    };
+    assert_eq!(next.reused_prompt_tokens, done);
+    let fresh = long_prompt_engine()
+        .0
+        .generate(&request, &CancelToken::new(), |_| {})
+        .unwrap();
+    assert_eq!(next.token_ids, fresh.token_ids);
+}

@@ -20,6 +20,11 @@ pub enum ChatEvent {
         user_message: Option<StoredMessage>,
         mode: String,
     },
+    /// `done` of the `total` prompt tokens the model computes (a long prompt, chunk by chunk).
+    PrefillProgress {
+        done: usize,
+        total: usize,
+    },
     Prefill {
         prompt_tokens: usize,
         /// Prompt tokens whose KV entries the previous generation left (not computed again).
@@ -138,6 +143,9 @@ pub fn decode(
             &GenerateRequest { prompt, options },
             cancel,
             |event| match event {
+                DecodeEvent::PrefillProgress { done, total } => {
+                    emit(ChatEvent::PrefillProgress { done, total })
+                }
                 DecodeEvent::Prefill {
                     prompt_tokens,
                     reused_tokens,

@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum DecodeEvent {
+    /// Part of a long prompt went through the model: `done` of the `total` tokens it computes
+    /// (those the cache did not hold). Sent after each chunk of a prompt longer than one.
+    PrefillProgress { done: usize, total: usize },
     /// The prompt went through the model, all but its first `reused_tokens` (whose cache
     /// entries an earlier generation had left: a chat's history).
     Prefill {

@@ -226,8 +226,30 @@ pub fn generate_in(
     };
     cache.truncate(reused);
     let t = Instant::now();
-    let logits = prefill(model, cache, &prompt[reused..])?;
+    let todo = prompt.len() - reused;
+    let logits = prefill_until(model, cache, &prompt[reused..], cancel, |done| {
+        if todo > PREFILL_CHUNK {
+            on_event(DecodeEvent::PrefillProgress { done, total: todo });
+        }
+    })?;
     let prefill_ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut out = Output::new(tokenizer, opts.max_tokens.max(1), &opts.stop);
+    let Some(logits) = logits else {
+        // Stopped while the prompt went through: no answer.
+        out.stop = Some(StopReason::Cancelled);
+        let block = match opts.mode {
+            Mode::Jacobi(n) => n,
+            _ => 1,
+        };
+        let summary = Summary {
+            prompt_tokens: prompt.len(),
+            reused,
+            prefill_ms,
+            progress: Progress::default(),
+            block,
+        };
+        return Ok(summary.generation(&out, opts.mode));
+    };
     on_event(DecodeEvent::Prefill {
         prompt_tokens: prompt.len(),
         reused_tokens: reused,
@@ -235,7 +257,6 @@ pub fn generate_in(
     });
     let mut sampler = Sampler::new(opts.sampling);
     let first = sampler.pick(&logits);
-    let mut out = Output::new(tokenizer, opts.max_tokens.max(1), &opts.stop);
     let (progress, block) = match opts.mode {
         Mode::Autoregressive => (
             autoregressive::decode(
@@ -283,36 +304,65 @@ pub fn generate_in(
         }
     };
     out.finish(&mut on_event)?;
-    let generated = out.ids.len();
-    let tokens_per_iteration = if progress.passes > 0 {
-        generated.saturating_sub(1) as f64 / progress.passes as f64
-    } else {
-        0.0
-    };
-    let tokens_per_second = if progress.decode_ms > 0.0 {
-        generated.saturating_sub(1) as f64 / (progress.decode_ms / 1e3)
-    } else {
-        0.0
-    };
-    Ok(Generation {
-        text: out.text(),
-        token_ids: out.ids.clone(),
-        stop_reason: out.stop.unwrap_or(StopReason::MaxTokens),
+    let summary = Summary {
         prompt_tokens: prompt.len(),
-        reused_prompt_tokens: reused,
-        generated_tokens: generated,
-        forward_passes: progress.passes,
-        tokens_per_iteration,
-        tokens_per_second,
+        reused,
         prefill_ms,
-        decode_ms: progress.decode_ms,
-        mode: match opts.mode {
-            Mode::Autoregressive => "ar".into(),
-            Mode::Jacobi(_) => "jacobi".into(),
-            Mode::JacobiAuto(_) => "jacobi-auto".into(),
-        },
+        progress,
         block,
-    })
+    };
+    Ok(summary.generation(&out, opts.mode))
+}
+
+/// What a generation measured besides its output.
+struct Summary {
+    prompt_tokens: usize,
+    reused: usize,
+    prefill_ms: f64,
+    progress: Progress,
+    block: usize,
+}
+
+impl Summary {
+    fn generation(self, out: &Output, mode: Mode) -> Generation {
+        let Summary {
+            prompt_tokens,
+            reused,
+            prefill_ms,
+            progress,
+            block,
+        } = self;
+        let generated = out.ids.len();
+        let tokens_per_iteration = if progress.passes > 0 {
+            generated.saturating_sub(1) as f64 / progress.passes as f64
+        } else {
+            0.0
+        };
+        let tokens_per_second = if progress.decode_ms > 0.0 {
+            generated.saturating_sub(1) as f64 / (progress.decode_ms / 1e3)
+        } else {
+            0.0
+        };
+        Generation {
+            text: out.text(),
+            token_ids: out.ids.clone(),
+            stop_reason: out.stop.unwrap_or(StopReason::MaxTokens),
+            prompt_tokens,
+            reused_prompt_tokens: reused,
+            generated_tokens: generated,
+            forward_passes: progress.passes,
+            tokens_per_iteration,
+            tokens_per_second,
+            prefill_ms,
+            decode_ms: progress.decode_ms,
+            mode: match mode {
+                Mode::Autoregressive => "ar".into(),
+                Mode::Jacobi(_) => "jacobi".into(),
+                Mode::JacobiAuto(_) => "jacobi-auto".into(),
+            },
+            block,
+        }
+    }
 }
 
 /// How many leading tokens `a` and `b` share.
@@ -322,9 +372,27 @@ pub(crate) fn shared_start(a: &[u32], b: &[u32]) -> usize {
 
 /// Feeds `prompt` into the cache after what it holds; returns the logits after its last token.
 pub fn prefill(model: &Transformer, cache: &mut KvCache, prompt: &[u32]) -> Result<Vec<f32>> {
+    prefill_until(model, cache, prompt, &CancelToken::new(), |_| {})?.ok_or(Error::EmptyPrompt)
+}
+
+/// [`prefill`] a chunk at a time, calling `progress` with the tokens done after each chunk;
+/// `None` if `cancel` was set before the last chunk (the cache keeps the chunks done) or the
+/// prompt is empty. A long prompt takes seconds (attention grows with it), so a stop takes
+/// effect between chunks instead of after all of them.
+pub fn prefill_until(
+    model: &Transformer,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    cancel: &CancelToken,
+    mut progress: impl FnMut(usize),
+) -> Result<Option<Vec<f32>>> {
     let mut logits = None;
-    for chunk in prompt.chunks(PREFILL_CHUNK) {
+    for (i, chunk) in prompt.chunks(PREFILL_CHUNK).enumerate() {
+        if cancel.is_cancelled() {
+            return Ok(None);
+        }
         logits = Some(model.forward(chunk, cache, Logits::Last)?);
+        progress((i * PREFILL_CHUNK + chunk.len()).min(prompt.len()));
     }
-    logits.ok_or(Error::EmptyPrompt)
+    Ok(logits)
 }

@@ -43,6 +43,8 @@ export function App() {
   const [settings, setSettings] = useState<ChatSettings>(DEFAULT_SETTINGS);
   const [busy, setBusy] = useState(false);
   const [streaming, setStreaming] = useState<string | null>(null);
+  // A long prompt's way through the model before the first token: tokens done of total.
+  const [reading, setReading] = useState<{ done: number; total: number } | null>(null);
   const [draft, setDraft] = useState("");
   const [viz, setViz] = useState<VizState>(emptyViz());
   const [vizLive, setVizLive] = useState(false);
@@ -122,6 +124,7 @@ export function App() {
   const stream = async (run: (on: (e: ChatEvent) => void) => Promise<StoredMessage>, title: string) => {
     setBusy(true);
     setStreaming("");
+    setReading(null);
     setViz(emptyViz());
     setVizLive(true);
     setVizTitle(title);
@@ -133,6 +136,10 @@ export function App() {
         if (e.kind === "started" && e.user_message) {
           const m = e.user_message;
           setMessages((ms) => [...ms, m]);
+        } else if (e.kind === "prefill_progress") {
+          setReading({ done: e.done, total: e.total });
+        } else if (e.kind === "prefill") {
+          setReading(null);
         } else if (e.kind === "text") {
           text += e.delta;
           inputs.push({ kind: "tokens", ids: e.ids });
@@ -153,6 +160,7 @@ export function App() {
       batcher.drain();
       setBusy(false);
       setStreaming(null);
+      setReading(null);
       setVizLive(false);
       if (activeRef.current !== null) setMessages(await api.getMessages(activeRef.current));
       await refreshConversations();
@@ -322,6 +330,7 @@ export function App() {
               <Messages
                 messages={messages}
                 streaming={streaming}
+                reading={reading}
                 busy={busy}
                 onReplay={replay}
                 onRegenerate={regenerate}

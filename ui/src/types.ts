@@ -65,6 +65,7 @@ export interface StoredMessage {
 
 export type ChatEvent =
   | { kind: "started"; user_message: StoredMessage | null; mode: string }
+  | { kind: "prefill_progress"; done: number; total: number }
   | { kind: "prefill"; prompt_tokens: number; reused_tokens: number; ms: number }
   | { kind: "text"; ids: number[]; delta: string }
   | ({ kind: "iteration" } & IterationView)

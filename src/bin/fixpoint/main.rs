@@ -14,6 +14,7 @@ use fixpoint::{
     CancelToken, DecodeEvent, DecodeOptions, DeviceChoice, Engine, GenerateRequest, Generation,
     LoadOptions, Message, Mode, Prompt, Sampling,
 };
+use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
 #[command(
@@ -339,6 +340,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let request = GenerateRequest { prompt, options };
     let cancel = CancelToken::new();
     let stdout = std::io::stdout();
+    let mut reading = PromptProgress::default();
     let result = engine.generate(&request, &cancel, |event| {
         let mut out = stdout.lock();
         if args.events {
@@ -348,6 +350,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
                 serde_json::to_string(&event).expect("event serializes")
             );
         } else if !args.json {
+            reading.show(&event);
             if let DecodeEvent::Tokens { text, .. } = &event {
                 let _ = out.write_all(text.as_bytes());
                 let _ = out.flush();
@@ -363,6 +366,36 @@ fn generate(args: GenerateArgs) -> Result<()> {
         eprintln!("{}", summary(&result));
     }
     Ok(())
+}
+
+/// A long prompt's way through the model, as a bar on stderr (drawn only on a terminal): it can
+/// take seconds before the first token.
+#[derive(Default)]
+struct PromptProgress(Option<ProgressBar>);
+
+impl PromptProgress {
+    fn show(&mut self, event: &DecodeEvent) {
+        match event {
+            DecodeEvent::PrefillProgress { done, total } => {
+                let bar = self.0.get_or_insert_with(|| {
+                    let bar = ProgressBar::new(*total as u64);
+                    bar.set_style(
+                        ProgressStyle::with_template(
+                            "reading the prompt [{bar:30}] {pos}/{len} tokens",
+                        )
+                        .expect("valid template"),
+                    );
+                    bar
+                });
+                bar.set_position(*done as u64);
+            }
+            _ => {
+                if let Some(bar) = self.0.take() {
+                    bar.finish_and_clear();
+                }
+            }
+        }
+    }
 }
 
 fn summary(g: &Generation) -> String {
@@ -480,7 +513,9 @@ fn chat(args: ChatArgs) -> Result<()> {
             prompt: Prompt::Chat(history.clone()),
             options,
         };
+        let mut reading = PromptProgress::default();
         let result = engine.generate(&request, &CancelToken::new(), |event| {
+            reading.show(&event);
             if let DecodeEvent::Tokens { text, .. } = event {
                 print!("{text}");
                 let _ = std::io::stdout().flush();

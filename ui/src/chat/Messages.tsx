@@ -7,6 +7,8 @@ import type { StoredMessage } from "../types";
 export function Messages(props: {
   messages: StoredMessage[];
   streaming: string | null;
+  /** Prompt tokens through the model so far, while a long prompt is read. */
+  reading: { done: number; total: number } | null;
   busy: boolean;
   onReplay: (m: StoredMessage) => void;
   onRegenerate: () => void;
@@ -57,7 +59,14 @@ export function Messages(props: {
       ))}
       {props.streaming !== null && (
         <div class="message assistant streaming" data-testid="streaming" data-chars={props.streaming.length}>
-          <div class="body" dangerouslySetInnerHTML={{ __html: renderMarkdown(props.streaming || "…") }} />
+          {props.reading && !props.streaming ? (
+            <div class="body reading" data-testid="reading">
+              reading the prompt: {props.reading.done} of {props.reading.total} tokens
+              <progress value={props.reading.done} max={props.reading.total} />
+            </div>
+          ) : (
+            <div class="body" dangerouslySetInnerHTML={{ __html: renderMarkdown(props.streaming || "…") }} />
+          )}
         </div>
       )}
       <div ref={end} />
