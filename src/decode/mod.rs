@@ -234,135 +234,103 @@ pub fn generate_in(
     })?;
     let prefill_ms = t.elapsed().as_secs_f64() * 1e3;
     let mut out = Output::new(tokenizer, opts.max_tokens.max(1), &opts.stop);
-    let Some(logits) = logits else {
-        // Stopped while the prompt went through: no answer.
-        out.stop = Some(StopReason::Cancelled);
-        let block = match opts.mode {
-            Mode::Jacobi(n) => n,
-            _ => 1,
-        };
-        let summary = Summary {
-            prompt_tokens: prompt.len(),
-            reused,
-            prefill_ms,
-            progress: Progress::default(),
-            block,
-        };
-        return Ok(summary.generation(&out, opts.mode));
-    };
-    on_event(DecodeEvent::Prefill {
-        prompt_tokens: prompt.len(),
-        reused_tokens: reused,
-        ms: prefill_ms,
-    });
-    let mut sampler = Sampler::new(opts.sampling);
-    let first = sampler.pick(&logits);
-    let (progress, block) = match opts.mode {
-        Mode::Autoregressive => (
-            autoregressive::decode(
-                model,
-                cache,
-                first,
-                &mut sampler,
-                &mut out,
-                cancel,
-                &mut on_event,
-            )?,
-            1,
-        ),
-        Mode::Jacobi(_) | Mode::JacobiAuto(_) => {
-            let mut rng = StdRng::seed_from_u64(opts.seed);
-            let mut fresh;
-            let mut sizer = match opts.mode {
-                Mode::JacobiAuto(max) => {
-                    let tuner = match tuner {
-                        Some(t) if t.max() == max => t,
-                        _ => {
-                            fresh = block_size::BlockTuner::new(max);
-                            &mut fresh
+    let (progress, block) = match logits {
+        Some(logits) => {
+            on_event(DecodeEvent::Prefill {
+                prompt_tokens: prompt.len(),
+                reused_tokens: reused,
+                ms: prefill_ms,
+            });
+            let mut sampler = Sampler::new(opts.sampling);
+            let first = sampler.pick(&logits);
+            match opts.mode {
+                Mode::Autoregressive => (
+                    autoregressive::decode(
+                        model,
+                        cache,
+                        first,
+                        &mut sampler,
+                        &mut out,
+                        cancel,
+                        &mut on_event,
+                    )?,
+                    1,
+                ),
+                Mode::Jacobi(_) | Mode::JacobiAuto(_) => {
+                    let mut rng = StdRng::seed_from_u64(opts.seed);
+                    let mut fresh;
+                    let mut sizer = match opts.mode {
+                        Mode::JacobiAuto(max) => {
+                            let tuner = match tuner {
+                                Some(t) if t.max() == max => t,
+                                _ => {
+                                    fresh = block_size::BlockTuner::new(max);
+                                    &mut fresh
+                                }
+                            };
+                            tuner.begin();
+                            jacobi::BlockSizer::Auto(tuner)
                         }
+                        Mode::Jacobi(n) => jacobi::BlockSizer::Fixed(n),
+                        Mode::Autoregressive => unreachable!("handled by the arm above"),
                     };
-                    tuner.begin();
-                    jacobi::BlockSizer::Auto(tuner)
+                    let progress = jacobi::decode(
+                        model,
+                        cache,
+                        prompt,
+                        first,
+                        &mut sizer,
+                        opts.guesses,
+                        &mut rng,
+                        &mut out,
+                        cancel,
+                        &mut on_event,
+                    )?;
+                    (progress, sizer.reported())
                 }
-                Mode::Jacobi(n) => jacobi::BlockSizer::Fixed(n),
-                Mode::Autoregressive => unreachable!("handled by the arm above"),
+            }
+        }
+        // Stopped while the prompt went through: no answer.
+        None => {
+            out.stop = Some(StopReason::Cancelled);
+            let block = match opts.mode {
+                Mode::Jacobi(n) => n,
+                _ => 1,
             };
-            let progress = jacobi::decode(
-                model,
-                cache,
-                prompt,
-                first,
-                &mut sizer,
-                opts.guesses,
-                &mut rng,
-                &mut out,
-                cancel,
-                &mut on_event,
-            )?;
-            (progress, sizer.reported())
+            (Progress::default(), block)
         }
     };
     out.finish(&mut on_event)?;
-    let summary = Summary {
-        prompt_tokens: prompt.len(),
-        reused,
-        prefill_ms,
-        progress,
-        block,
+    let generated = out.ids.len();
+    let tokens_per_iteration = if progress.passes > 0 {
+        generated.saturating_sub(1) as f64 / progress.passes as f64
+    } else {
+        0.0
     };
-    Ok(summary.generation(&out, opts.mode))
-}
-
-/// What a generation measured besides its output.
-struct Summary {
-    prompt_tokens: usize,
-    reused: usize,
-    prefill_ms: f64,
-    progress: Progress,
-    block: usize,
-}
-
-impl Summary {
-    fn generation(self, out: &Output, mode: Mode) -> Generation {
-        let Summary {
-            prompt_tokens,
-            reused,
-            prefill_ms,
-            progress,
-            block,
-        } = self;
-        let generated = out.ids.len();
-        let tokens_per_iteration = if progress.passes > 0 {
-            generated.saturating_sub(1) as f64 / progress.passes as f64
-        } else {
-            0.0
-        };
-        let tokens_per_second = if progress.decode_ms > 0.0 {
-            generated.saturating_sub(1) as f64 / (progress.decode_ms / 1e3)
-        } else {
-            0.0
-        };
-        Generation {
-            text: out.text(),
-            token_ids: out.ids.clone(),
-            stop_reason: out.stop.unwrap_or(StopReason::MaxTokens),
-            prompt_tokens,
-            reused_prompt_tokens: reused,
-            generated_tokens: generated,
-            forward_passes: progress.passes,
-            tokens_per_iteration,
-            tokens_per_second,
-            prefill_ms,
-            decode_ms: progress.decode_ms,
-            mode: match mode {
-                Mode::Autoregressive => "ar".into(),
-                Mode::Jacobi(_) => "jacobi".into(),
-                Mode::JacobiAuto(_) => "jacobi-auto".into(),
-            },
-            block,
-        }
-    }
+    let tokens_per_second = if progress.decode_ms > 0.0 {
+        generated.saturating_sub(1) as f64 / (progress.decode_ms / 1e3)
+    } else {
+        0.0
+    };
+    Ok(Generation {
+        text: out.text(),
+        token_ids: out.ids.clone(),
+        stop_reason: out.stop.unwrap_or(StopReason::MaxTokens),
+        prompt_tokens: prompt.len(),
+        reused_prompt_tokens: reused,
+        generated_tokens: generated,
+        forward_passes: progress.passes,
+        tokens_per_iteration,
+        tokens_per_second,
+        prefill_ms,
+        decode_ms: progress.decode_ms,
+        mode: match opts.mode {
+            Mode::Autoregressive => "ar".into(),
+            Mode::Jacobi(_) => "jacobi".into(),
+            Mode::JacobiAuto(_) => "jacobi-auto".into(),
+        },
+        block,
+    })
 }
 
 /// How many leading tokens `a` and `b` share.
