@@ -409,12 +409,21 @@ impl PromptProgress {
                 });
                 bar.set_position(*done as u64);
             }
-            _ => {
-                if let Some(bar) = self.0.take() {
-                    bar.finish_and_clear();
-                }
-            }
+            _ => self.clear(),
         }
+    }
+
+    fn clear(&mut self) {
+        if let Some(bar) = self.0.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// A prompt stopped on its way ends without another event: the bar goes when the answer does.
+impl Drop for PromptProgress {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 
@@ -545,6 +554,7 @@ fn chat(args: ChatArgs) -> Result<()> {
             }
         });
         *lock(&answering) = None;
+        drop(reading);
         println!();
         match result {
             Ok(g) => {
