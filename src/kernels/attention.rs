@@ -490,7 +490,7 @@ mod avx2 {
                     // The cache past the last key is not ours to read: a copy, whose missing
                     // keys are scored, never used, kept finite (the f32 values are the same as
                     // the f16 ones).
-                    widen(&k[j * hd..(j + have) * hd], &mut s.keys);
+                    T::widen(&k[j * hd..(j + have) * hd], &mut s.keys[..have * hd]);
                     s.keys[have * hd..].fill(0.0);
                     self.score::<f32, HD>(j, s.keys.as_ptr(), scores(j));
                 }
@@ -564,15 +564,6 @@ mod avx2 {
             if qi < n {
                 add_values::<E, HD, 1>([p(qi)], 0..rows(qi), values, [out(qi)]);
             }
-        }
-    }
-
-    /// `src` as f32 into the front of `dst`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn widen<T: CacheValue>(src: &[T], dst: &mut [f32]) {
-        assert!(src.len().is_multiple_of(8) && dst.len() >= src.len());
-        for c in (0..src.len()).step_by(8) {
-            _mm256_storeu_ps(dst.as_mut_ptr().add(c), T::load8(src.as_ptr().add(c)));
         }
     }
 
