@@ -344,8 +344,8 @@ pub fn prefill(model: &Transformer, cache: &mut KvCache, prompt: &[u32]) -> Resu
 }
 
 /// [`prefill`] a chunk at a time, calling `progress` with the tokens done after each chunk;
-/// `None` if `cancel` was set before the last chunk (the cache keeps the chunks done) or the
-/// prompt is empty. A long prompt takes seconds (attention grows with it), so a stop takes
+/// `None` if `cancel` is set when a chunk is due (the cache keeps the chunks done) or the prompt
+/// is empty. A long prompt takes seconds (attention grows with it), so a stop takes
 /// effect between chunks instead of after all of them.
 pub fn prefill_until(
     model: &Transformer,
@@ -354,13 +354,14 @@ pub fn prefill_until(
     cancel: &CancelToken,
     mut progress: impl FnMut(usize),
 ) -> Result<Option<Vec<f32>>> {
-    let mut logits = None;
-    for (i, chunk) in prompt.chunks(PREFILL_CHUNK).enumerate() {
+    let (mut logits, mut done) = (None, 0);
+    for chunk in prompt.chunks(PREFILL_CHUNK) {
         if cancel.is_cancelled() {
             return Ok(None);
         }
         logits = Some(model.forward(chunk, cache, Logits::Last)?);
-        progress((i * PREFILL_CHUNK + chunk.len()).min(prompt.len()));
+        done += chunk.len();
+        progress(done);
     }
     Ok(logits)
 }
