@@ -182,8 +182,13 @@ fn chat(messages: &[(&str, &str)], mode: Mode) -> GenerateRequest {
 /// An engine on the fast CPU forward, whose results do not depend on how many tokens share a
 /// pass: the one that reuses a previous prompt's cache entries.
 fn fast_engine() -> Engine {
+    fast_engine_with_context(TinySpec::default().context)
+}
+
+fn fast_engine_with_context(context: usize) -> Engine {
     let model = TinySpec {
         seed: 7,
+        context,
         ..Default::default()
     }
     .build_fast()
@@ -479,14 +484,7 @@ fn a_long_conversation_keeps_its_latest_messages_and_a_steady_start() {
 
 /// An engine whose context holds prompts of several prefill chunks, and such a prompt.
 fn long_prompt_engine() -> (Engine, GenerateRequest) {
-    let model = TinySpec {
-        seed: 7,
-        context: 4096,
-        ..Default::default()
-    }
-    .build_fast()
-    .unwrap();
-    let engine = Engine::from_parts(model, tiny_tokenizer(), Path::new("tiny"));
+    let engine = fast_engine_with_context(4096);
     let text = "the quick brown fox jumps over the lazy dog. ".repeat(40);
     let request = GenerateRequest {
         prompt: Prompt::Raw(text),
