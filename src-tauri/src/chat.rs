@@ -206,9 +206,13 @@ pub fn answer(
         user_message,
         mode: conversation.settings.mode.clone(),
     });
-    let messages: Vec<Message> = history
-        .iter()
-        .map(|m| Message::new(m.role.clone(), m.content.clone()))
+    let messages: Vec<Message> = system_message(&conversation.settings)
+        .into_iter()
+        .chain(
+            history
+                .iter()
+                .map(|m| Message::new(m.role.clone(), m.content.clone())),
+        )
         .collect();
     // A conversation longer than the context keeps its latest messages (the saved ones stay).
     let (messages, dropped) = engine.fit_chat(&messages, options.max_tokens)?;
@@ -244,6 +248,13 @@ pub fn answer(
         ar_tokens_per_second: *lock(&state.ar_speed),
     });
     Ok(message)
+}
+
+/// The conversation's system message, if it sets one (otherwise the chat template's default
+/// applies). Kept through [`Engine::fit_chat`]'s cuts, so a long conversation keeps it.
+fn system_message(settings: &ChatSettings) -> Option<Message> {
+    let text = settings.system.trim();
+    (!text.is_empty()).then(|| Message::new("system", text))
 }
 
 fn title_of(text: &str) -> String {
@@ -296,7 +307,15 @@ pub fn race(
         mode: Mode::Autoregressive,
         ..jacobi.clone()
     };
-    let chat = || Prompt::user(prompt.clone());
+    let chat = || {
+        let question = Message::user(prompt.clone());
+        Prompt::Chat(
+            system_message(&settings)
+                .into_iter()
+                .chain([question])
+                .collect(),
+        )
+    };
     let mut results = Vec::new();
     for (lane, options) in [("ar", ar), ("jacobi", jacobi)] {
         emit(RaceEvent::Lane {

@@ -75,9 +75,16 @@ pub fn list_conversations(
     state.with_db(|db| db.list_conversations(query.as_deref().unwrap_or("")))
 }
 
+/// A new conversation with `settings` (the ones the chat view shows, which the user may have
+/// changed before the first message), or the defaults.
 #[tauri::command]
-pub fn create_conversation(state: State<'_, AppState>) -> Result<Conversation, AppError> {
-    state.with_db(|db| db.create_conversation(crate::NEW_CHAT_TITLE, &ChatSettings::default()))
+pub fn create_conversation(
+    state: State<'_, AppState>,
+    settings: Option<ChatSettings>,
+) -> Result<Conversation, AppError> {
+    let settings = settings.unwrap_or_default();
+    chat::decode_options(&settings)?;
+    state.with_db(|db| db.create_conversation(crate::NEW_CHAT_TITLE, &settings))
 }
 
 #[tauri::command]

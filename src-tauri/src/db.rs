@@ -22,6 +22,9 @@ pub struct ChatSettings {
     /// existed get the default).
     #[serde(default)]
     pub guesses: fixpoint::Guesses,
+    /// The system message the chat template opens with; empty for the template's own default.
+    #[serde(default)]
+    pub system: String,
 }
 
 impl Default for ChatSettings {
@@ -32,6 +35,7 @@ impl Default for ChatSettings {
             max_tokens: 512,
             temperature: 0.0,
             guesses: fixpoint::Guesses::default(),
+            system: String::new(),
         }
     }
 }
@@ -277,6 +281,12 @@ fn row_to_conversation(r: &rusqlite::Row<'_>) -> rusqlite::Result<Conversation> 
 /// The conversation as Markdown: a heading, then each message under its role.
 pub fn to_markdown(c: &Conversation, messages: &[StoredMessage]) -> String {
     let mut out = format!("# {}\n\n", c.title);
+    if !c.settings.system.trim().is_empty() {
+        out.push_str(&format!(
+            "## System\n\n{}\n\n",
+            c.settings.system.trim_end()
+        ));
+    }
     for m in messages {
         let who = if m.role == "user" { "You" } else { "Assistant" };
         out.push_str(&format!("## {who}\n\n{}\n\n", m.content.trim_end()));
@@ -330,16 +340,30 @@ mod tests {
         ));
         let md = to_markdown(&b, &db.messages(b.id).unwrap());
         assert!(md.starts_with("# Pears") && md.contains("100% pears_x"));
+        assert!(!md.contains("## System"));
+        let b = db
+            .update_settings(
+                b.id,
+                &ChatSettings {
+                    system: "Answer in rhymes.".into(),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let md = to_markdown(&b, &db.messages(b.id).unwrap());
+        assert!(md.starts_with("# Pears\n\n## System\n\nAnswer in rhymes.\n\n## You"));
     }
 
     #[test]
-    fn settings_saved_before_the_guesses_setting_keep_their_values() {
+    fn settings_saved_before_newer_settings_keep_their_values() {
         let old = r#"{"mode":"jacobi","block":"8","max_tokens":99,"temperature":0.0}"#;
         let s: ChatSettings = serde_json::from_str(old).unwrap();
         assert_eq!((s.block.as_str(), s.max_tokens), ("8", 99));
         assert_eq!(s.guesses, fixpoint::Guesses::Context);
+        assert_eq!(s.system, "");
         let plain = ChatSettings {
             guesses: fixpoint::Guesses::Jacobi,
+            system: "Be brief.".into(),
             ..s
         };
         let back: ChatSettings =

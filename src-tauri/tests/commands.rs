@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use fixpoint::testing::{tiny_tokenizer, TinySpec};
-use fixpoint::Engine;
+use fixpoint::{CancelToken, Engine, GenerateRequest, Message, Prompt};
 use fixpoint_desktop::chat::{self, ChatEvent};
 use fixpoint_desktop::db::{ChatSettings, Db};
 use fixpoint_desktop::{commands, AppError, AppState};
@@ -185,6 +185,72 @@ fn errors_come_back_typed() {
     let missing =
         fixpoint_desktop::models::load(&state, std::path::Path::new("/nope.gguf")).unwrap_err();
     assert!(missing.to_string().contains("not found"), "{missing}");
+}
+
+#[test]
+fn a_system_prompt_opens_every_answer_and_the_race() {
+    let app = mock_app(state_with_model());
+    let state = app.state::<AppState>();
+    let settings = ChatSettings {
+        system: "  You count in French.\n".into(),
+        block: "4".into(),
+        max_tokens: 24,
+        ..Default::default()
+    };
+    // A chat started from the settings the view shows keeps them (they were the defaults'
+    // before the first message), and settings the engine would refuse are refused here.
+    let c = commands::create_conversation(app.state(), Some(settings.clone())).unwrap();
+    assert_eq!(c.settings, settings);
+    let refused = ChatSettings {
+        mode: "beam".into(),
+        ..Default::default()
+    };
+    assert!(matches!(
+        commands::create_conversation(app.state(), Some(refused)),
+        Err(AppError::Invalid(_))
+    ));
+    let plain = commands::create_conversation(app.state(), None).unwrap();
+    assert_eq!(plain.settings, ChatSettings::default());
+
+    let (channel, _) = recording_channel::<ChatEvent>();
+    let saved = tauri::async_runtime::block_on(commands::send_message(
+        app.handle().clone(),
+        c.id,
+        "count to ten".into(),
+        channel,
+    ))
+    .unwrap();
+    let stats = saved.stats.unwrap();
+
+    // What the engine answers to the trimmed system message and the question, given directly.
+    let engine = state.engine().unwrap();
+    let direct = |messages: Vec<Message>| {
+        let request = GenerateRequest {
+            prompt: Prompt::Chat(messages),
+            options: chat::decode_options(&settings).unwrap(),
+        };
+        engine
+            .generate(&request, &CancelToken::new(), |_| {})
+            .unwrap()
+    };
+    let question = Message::user("count to ten");
+    let with_system = direct(vec![
+        Message::new("system", "You count in French."),
+        question.clone(),
+    ]);
+    let without = direct(vec![question]);
+    assert_eq!(stats["prompt_tokens"], with_system.prompt_tokens);
+    assert_eq!(stats["token_ids"], serde_json::json!(with_system.token_ids));
+    assert!(without.prompt_tokens < with_system.prompt_tokens);
+
+    let mut lanes = Vec::new();
+    chat::race(&state, "count to ten".into(), settings, &mut |e| {
+        if let chat::RaceEvent::Finished { ar, jacobi, .. } = e {
+            lanes.extend([ar.prompt_tokens, jacobi.prompt_tokens]);
+        }
+    })
+    .unwrap();
+    assert_eq!(lanes, [with_system.prompt_tokens; 2]);
 }
 
 #[test]

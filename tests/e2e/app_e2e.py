@@ -5,7 +5,8 @@ Sends a prompt to a small test model, sees tokens stream and visualizer rows app
 answer, checks that the rows equal the engine's forward passes, saves a screenshot, restarts the
 app and finds the conversation again. Then trains the model from the training tab (pasted
 prompts, small advanced settings), checks the before/after card, finds the new model in the
-model picker, chats with it and sees it answer.
+model picker, chats with it (AR, chosen before the first message) and sees it answer, then
+regenerates the answer with a system prompt and sees the prompt grow by it.
 """
 
 import os
@@ -15,6 +16,7 @@ import time
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.options import ArgOptions
+from selenium.webdriver.support.ui import Select
 
 APP = os.environ["FIXPOINT_APP"]
 SCREENSHOT = os.environ.get("FIXPOINT_SCREENSHOT", "docs/screenshot.png")
@@ -189,11 +191,32 @@ def train(d):
     by(d, "train-chat").click()
     wait("the trained model to load", lambda: "e2e-fast" in by(d, "model-select").get_attribute("value")
          and "parameters" in by(d, "model-status").text, 60)
+    # Settings chosen before the first message are the new conversation's.
+    Select(by(d, "setting-mode")).select_by_value("ar")
     by(d, "composer").send_keys("Say something.")
     by(d, "send").click()
     answer = saved_answer(d, "an answer from the trained model", 120)
     assert int(answer.get_attribute("data-passes")) > 0
+    assert answer.get_attribute("data-mode") == "ar", answer.get_attribute("data-mode")
+    plain = int(answer.get_attribute("data-prompt-tokens"))
     print("the trained model answered:", answer.get_attribute("data-stop"))
+
+    # A system prompt, committed as the field loses focus to the regenerate click, opens the
+    # regenerated answer's prompt.
+    Select(by(d, "setting-mode")).select_by_value("jacobi")
+    by(d, "setting-system-toggle").click()
+    by(d, "setting-system").send_keys("Answer in one word.")
+    by(d, "regenerate").click()
+    answer = wait(
+        "the answer regenerated with the system prompt",
+        lambda: [m for m in all_by(d, "message-assistant")
+                 if m.get_attribute("data-mode").startswith("jacobi")],
+        120,
+    )[0]
+    with_system = int(answer.get_attribute("data-prompt-tokens"))
+    assert with_system > plain, (plain, with_system)
+    assert "(set)" in by(d, "setting-system-toggle").text
+    print(f"system prompt: {plain} prompt tokens without it, {with_system} with it")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ const DEFAULT_SETTINGS: ChatSettings = {
   max_tokens: 512,
   temperature: 0,
   guesses: "context",
+  system: "",
 };
 
 export function App() {
@@ -55,6 +56,9 @@ export function App() {
   const [raceResult, setRaceResult] = useState<RaceResult | null>(null);
   const activeRef = useRef<number | null>(null);
   activeRef.current = activeId;
+  // The last settings change on its way to the database: an answer waits for it, so that a
+  // system prompt committed by the Send click's blur applies to that answer.
+  const savingSettings = useRef<Promise<void>>(Promise.resolve());
 
   const refreshConversations = async (q = query) => setConversations(await api.listConversations(q));
   const refreshModels = async () => setModels(await api.listModels());
@@ -98,8 +102,9 @@ export function App() {
     setTab("chat");
   };
 
+  // A new chat starts with the settings shown, including changes made before its first message.
   const newChat = async () => {
-    const c = await api.createConversation();
+    const c = await api.createConversation(settings);
     await refreshConversations();
     setActiveId(c.id);
     setSettings(c.settings);
@@ -108,16 +113,19 @@ export function App() {
     return c;
   };
 
-  const changeSettings = async (s: ChatSettings) => {
+  const changeSettings = (s: ChatSettings) => {
     setSettings(s);
     if (activeId === null) return;
-    try {
-      await api.updateSettings(activeId, s);
-      setError(null);
-      await refreshConversations();
-    } catch (e) {
-      setError(errorText(e));
-    }
+    const id = activeId;
+    savingSettings.current = (async () => {
+      try {
+        await api.updateSettings(id, s);
+        setError(null);
+        await refreshConversations();
+      } catch (e) {
+        setError(errorText(e));
+      }
+    })();
   };
 
   /** Streams an answer: events are applied once per animation frame. */
@@ -170,6 +178,7 @@ export function App() {
   const send = async () => {
     const text = draft.trim();
     if (!text || busy) return;
+    await savingSettings.current;
     let id = activeId;
     if (id === null) id = (await newChat()).id;
     setDraft("");
@@ -178,6 +187,7 @@ export function App() {
 
   const regenerate = async () => {
     if (activeId === null || busy) return;
+    await savingSettings.current;
     setMessages((ms) => (ms.length && ms[ms.length - 1].role === "assistant" ? ms.slice(0, -1) : ms));
     await stream((on) => api.regenerate(activeId, on), "regenerated answer");
   };

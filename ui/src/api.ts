@@ -37,7 +37,7 @@ export const api = {
   fetchDefaultModel: (on: (e: { kind: string; line?: string; path?: string }) => void) =>
     invoke<string>("fetch_default_model", { channel: channel(on) }),
   listConversations: (query: string) => invoke<Conversation[]>("list_conversations", { query }),
-  createConversation: () => invoke<Conversation>("create_conversation"),
+  createConversation: (settings: ChatSettings) => invoke<Conversation>("create_conversation", { settings }),
   renameConversation: (id: number, title: string) =>
     invoke<Conversation>("rename_conversation", { id, title }),
   deleteConversation: (id: number) => invoke<void>("delete_conversation", { id }),

@@ -43,6 +43,9 @@ export interface ChatSettings {
   /** Where Jacobi blocks take their guesses from; absent in settings saved before it existed
    * (the engine then copies from the context). */
   guesses?: "context" | "jacobi";
+  /** The system message the chat template opens with; empty (or absent, in settings saved
+   * before it existed) for the template's own default. */
+  system?: string;
 }
 
 export interface Conversation {

@@ -25,6 +25,8 @@ export function Messages(props: {
           data-testid={`message-${m.role}`}
           data-passes={m.stats?.forward_passes ?? ""}
           data-stop={m.stats?.stop_reason ?? ""}
+          data-mode={m.stats?.mode ?? ""}
+          data-prompt-tokens={m.stats?.prompt_tokens ?? ""}
         >
           <div class="body" dangerouslySetInnerHTML={{ __html: renderMarkdown(m.content) }} />
           <div class="meta">
