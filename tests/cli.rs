@@ -366,10 +366,44 @@ fn chat_reads_turns_from_stdin() {
 }
 
 #[test]
-fn ctrl_c_in_chat_stops_the_answer_not_the_chat() {
-    use std::io::{BufRead, BufReader, Write};
+fn chat_system_command_sets_and_clears_the_system_prompt() {
+    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
-    // Large enough that a long prompt takes a while to go through.
+    let p = tiny_gguf(dir.path(), "tiny.gguf", |_| {});
+    // The prompt sizes of the answers a chat gives to `input`.
+    let prompts = |flags: &[&str], input: &str| -> Vec<usize> {
+        let mut child = bin()
+            .args(["chat", "--model", p.to_str().unwrap(), "--max-tokens", "4"])
+            .args(["--mode", "ar", "--stats"])
+            .args(flags)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        stderr
+            .lines()
+            .filter_map(|l| l.split_once(" prompt tokens"))
+            .map(|(before, _)| before.rsplit('(').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    let flag = prompts(&["--system", "Be brief."], "hello\n");
+    let plain = prompts(&[], "hello\n");
+    let commands = prompts(&[], "/system   Be brief. \nhello\n/system\n/reset\nhello\n");
+    assert_eq!(flag.len(), 1);
+    assert!(flag[0] > plain[0], "{flag:?} {plain:?}");
+    // Set by the command as by the flag; cleared, the chat is a plain one again.
+    assert_eq!(commands, [flag[0], plain[0]]);
+}
+
+/// A model large enough that a long prompt (`long_prompt`) takes about a second to go through.
+fn slow_model(dir: &Path) -> PathBuf {
     let spec = TinySpec {
         hidden: 256,
         intermediate: 512,
@@ -377,9 +411,64 @@ fn ctrl_c_in_chat_stops_the_answer_not_the_chat() {
         context: 8192,
         ..TinySpec::default()
     };
-    let path = dir.path().join("slow.gguf");
+    let path = dir.join("slow.gguf");
     let tensors = spec.random_tensors().unwrap();
     write_gguf(&path, &spec.config(), &tensors, GgmlDType::Q8_0, |_| {}).unwrap();
+    path
+}
+
+fn long_prompt() -> String {
+    "the quick brown fox jumps over the lazy dog. ".repeat(120)
+}
+
+fn interrupt(child: &std::process::Child) {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+#[test]
+fn ctrl_c_in_generate_stops_and_still_reports() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let path = slow_model(dir.path());
+    let mut child = bin()
+        .args(["generate", "--model", path.to_str().unwrap(), "--events"])
+        .args([
+            "--max-tokens",
+            "2000",
+            "--mode",
+            "ar",
+            "--prompt",
+            &long_prompt(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    // Stopped while the prompt goes through, chunk by chunk.
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.contains("prefill_progress"), "{first}");
+    interrupt(&child);
+    let rest: Vec<String> = stdout.lines().map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest:?}");
+    let done: serde_json::Value = serde_json::from_str(rest.last().unwrap()).unwrap();
+    assert_eq!(done["type"], "done", "{rest:?}");
+    assert_eq!(done["result"]["stop_reason"], "cancelled");
+    assert!(done["result"]["generated_tokens"].as_u64().unwrap() < 2000);
+}
+
+#[test]
+fn ctrl_c_in_chat_stops_the_answer_not_the_chat() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let path = slow_model(dir.path());
     let mut child = bin()
         .args(["chat", "--model", path.to_str().unwrap()])
         .args(["--max-tokens", "2000", "--mode", "ar", "--stats"])
@@ -389,19 +478,13 @@ fn ctrl_c_in_chat_stops_the_answer_not_the_chat() {
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    let long = "the quick brown fox jumps over the lazy dog. ".repeat(120);
-    writeln!(stdin, "{long}").unwrap();
+    writeln!(stdin, "{}", long_prompt()).unwrap();
     // The greeting comes once the model is loaded; the prompt then takes seconds.
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut greeting = String::new();
     stderr.read_line(&mut greeting).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(200));
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap()
-        .success());
+    interrupt(&child);
     writeln!(stdin, "hello").unwrap();
     drop(stdin);
     let rest: Vec<String> = stderr.lines().map(|l| l.unwrap()).collect();

@@ -30,10 +30,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Generate a continuation of one prompt, streaming it to stdout.
+    /// Generate a continuation of one prompt, streaming it to stdout (Ctrl-C stops it, prints
+    /// the stats and exits with 130).
     Generate(GenerateArgs),
-    /// Chat with a model in the terminal (/reset, /mode ar|jacobi, /block N|auto, /guesses
-    /// context|jacobi, /quit; Ctrl-C stops an answer).
+    /// Chat with a model in the terminal (/reset, /system [TEXT], /mode ar|jacobi, /block
+    /// N|auto, /guesses context|jacobi, /quit; Ctrl-C stops an answer).
     Chat(ChatArgs),
     /// Measure AR against Jacobi on the same prompts, and the forward cost per block size.
     Bench(BenchArgs),
@@ -339,7 +340,9 @@ fn generate(args: GenerateArgs) -> Result<()> {
         Prompt::Chat(messages)
     };
     let request = GenerateRequest { prompt, options };
+    // Ctrl-C stops the answer and still prints what was generated; a second one quits.
     let cancel = CancelToken::new();
+    *lock(&stop_answers_on_ctrl_c()) = Some(cancel.clone());
     let stdout = std::io::stdout();
     let mut reading = PromptProgress::default();
     let result = engine.generate(&request, &cancel, |event| {
@@ -366,11 +369,15 @@ fn generate(args: GenerateArgs) -> Result<()> {
         println!();
         eprintln!("{}", summary(&result));
     }
+    if result.stop_reason == StopReason::Cancelled {
+        // Interrupted, as a shell expects of Ctrl-C, with the output above complete.
+        std::process::exit(130);
+    }
     Ok(())
 }
 
-/// Ctrl-C while `chat` answers stops the answer (kept in the history, as the app's Stop keeps
-/// it) instead of ending the chat; a second one before it stops, or one while no answer runs
+/// Ctrl-C while an answer runs stops it (in `chat` it is kept in the history, as the app's Stop
+/// keeps it, and the chat goes on); a second one before it stops, or one while no answer runs
 /// (at a terminal's prompt the line editor reads Ctrl-C as a key instead), exits. The slot holds
 /// the running answer's token.
 fn stop_answers_on_ctrl_c() -> Arc<Mutex<Option<CancelToken>>> {
@@ -445,7 +452,7 @@ fn summary(g: &Generation) -> String {
 
 /// What `chat` understands besides a message.
 const CHAT_COMMANDS: &str =
-    "/reset, /mode ar|jacobi, /block N|auto, /guesses context|jacobi, /quit";
+    "/reset, /system [TEXT], /mode ar|jacobi, /block N|auto, /guesses context|jacobi, /quit";
 
 fn chat(args: ChatArgs) -> Result<()> {
     let mut decode = args.decode.clone();
@@ -497,6 +504,18 @@ fn chat(args: ChatArgs) -> Result<()> {
             continue;
         }
         if let Some(cmd) = line.strip_prefix('/') {
+            if let Some(text) = system_command(cmd) {
+                // Replaces the system message (or, empty, removes it: the template's default
+                // applies); the turns so far stay.
+                history.retain(|m| m.role != "system");
+                if text.is_empty() {
+                    eprintln!("(system prompt cleared)");
+                } else {
+                    history.insert(0, Message::new("system", text));
+                    eprintln!("(system prompt set)");
+                }
+                continue;
+            }
             let mut parts = cmd.split_whitespace();
             match (parts.next(), parts.next()) {
                 (Some("quit" | "exit"), _) => break,
@@ -573,6 +592,13 @@ fn chat(args: ChatArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The text of a `/system [TEXT]` command (`cmd` without its slash), trimmed; `None` for
+/// other commands.
+fn system_command(cmd: &str) -> Option<&str> {
+    let text = cmd.strip_prefix("system")?;
+    (text.is_empty() || text.starts_with(char::is_whitespace)).then(|| text.trim())
 }
 
 fn bench(args: BenchArgs) -> Result<()> {
