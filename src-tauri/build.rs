@@ -17,6 +17,7 @@ fn main() {
             "export_conversation",
             "send_message",
             "regenerate",
+            "edit_message",
             "stop_generation",
             "race",
             "training_plan",

@@ -166,23 +166,35 @@ pub fn decode(
     Ok((generation, trajectory))
 }
 
-/// Answers the conversation's last user message: `content` is a new message to add first, or
-/// `None` to regenerate the last answer.
+/// What an answer answers.
+#[derive(Debug, Clone)]
+pub enum Turn {
+    /// A new user message, saved first.
+    Ask(String),
+    /// The last user message again: its answer is replaced.
+    Regenerate,
+    /// User message `message_id` with new text: the messages after it are replaced.
+    Edit { message_id: i64, content: String },
+}
+
+/// Answers the conversation's last user message after `turn` is applied to the conversation.
 pub fn answer(
     state: &AppState,
     conversation_id: i64,
-    content: Option<String>,
+    turn: Turn,
     emit: &mut dyn FnMut(ChatEvent),
 ) -> Result<StoredMessage, AppError> {
     let job = state.start_job()?;
     let engine = state.engine()?;
     let conversation = state.with_db(|db| db.conversation(conversation_id))?;
     let options = decode_options(&conversation.settings)?;
-    let user_message = match content {
-        Some(text) => {
-            if text.trim().is_empty() {
-                return Err(AppError::Invalid("the message is empty".into()));
-            }
+    if let Turn::Ask(text) | Turn::Edit { content: text, .. } = &turn {
+        if text.trim().is_empty() {
+            return Err(AppError::Invalid("the message is empty".into()));
+        }
+    }
+    let user_message = match turn {
+        Turn::Ask(text) => {
             let saved = state.with_db(|db| {
                 let first = db.messages(conversation_id)?.is_empty();
                 let m = db.add_message(conversation_id, "user", &text, None, None)?;
@@ -193,8 +205,24 @@ pub fn answer(
             })?;
             Some(saved)
         }
-        None => {
+        Turn::Regenerate => {
             state.with_db(|db| db.pop_assistant(conversation_id))?;
+            None
+        }
+        // The view truncates its own copy of the conversation at the edited message.
+        Turn::Edit {
+            message_id,
+            content,
+        } => {
+            state.with_db(|db| {
+                let old = db.edit_user_message(conversation_id, message_id, &content)?;
+                // A title taken from the question follows its edit.
+                let first = db.messages(conversation_id)?.first().map(|m| m.id);
+                if first == Some(message_id) && conversation.title == title_of(&old.content) {
+                    db.rename_conversation(conversation_id, &title_of(&content))?;
+                }
+                Ok(())
+            })?;
             None
         }
     };

@@ -8,7 +8,7 @@ use fixpoint::ModelInfo;
 use tauri::ipc::Channel;
 use tauri::{AppHandle, Manager, Runtime, State};
 
-use crate::chat::{self, ChatEvent, RaceEvent};
+use crate::chat::{self, ChatEvent, RaceEvent, Turn};
 use crate::db::{self, ChatSettings, Conversation, StoredMessage};
 use crate::error::AppError;
 use crate::models::{self, FetchEvent, ModelEntry};
@@ -159,7 +159,7 @@ pub async fn send_message<R: Runtime>(
     channel: Channel<ChatEvent>,
 ) -> Result<StoredMessage, AppError> {
     blocking(app, move |state| {
-        chat::answer(state, conversation_id, Some(content), &mut |e| {
+        chat::answer(state, conversation_id, Turn::Ask(content), &mut |e| {
             let _ = channel.send(e);
         })
     })
@@ -173,7 +173,29 @@ pub async fn regenerate<R: Runtime>(
     channel: Channel<ChatEvent>,
 ) -> Result<StoredMessage, AppError> {
     blocking(app, move |state| {
-        chat::answer(state, conversation_id, None, &mut |e| {
+        chat::answer(state, conversation_id, Turn::Regenerate, &mut |e| {
+            let _ = channel.send(e);
+        })
+    })
+    .await
+}
+
+/// Answers user message `message_id` again with the text `content`, replacing the messages
+/// after it.
+#[tauri::command]
+pub async fn edit_message<R: Runtime>(
+    app: AppHandle<R>,
+    conversation_id: i64,
+    message_id: i64,
+    content: String,
+    channel: Channel<ChatEvent>,
+) -> Result<StoredMessage, AppError> {
+    let turn = Turn::Edit {
+        message_id,
+        content,
+    };
+    blocking(app, move |state| {
+        chat::answer(state, conversation_id, turn, &mut |e| {
             let _ = channel.send(e);
         })
     })

@@ -253,6 +253,41 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Gives user message `message_id` of the conversation the text `content` and deletes the
+    /// messages after it (the answers an edited question replaces), in one transaction; returns
+    /// the message as it was.
+    pub fn edit_user_message(
+        &self,
+        conversation_id: i64,
+        message_id: i64,
+        content: &str,
+    ) -> Result<StoredMessage, AppError> {
+        let old = self
+            .messages(conversation_id)?
+            .into_iter()
+            .find(|m| m.id == message_id && m.role == "user")
+            .ok_or_else(|| {
+                AppError::Invalid(format!(
+                    "message {message_id} is not a question of conversation {conversation_id}"
+                ))
+            })?;
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "DELETE FROM messages WHERE conversation_id = ?1 AND id > ?2",
+            params![conversation_id, message_id],
+        )?;
+        tx.execute(
+            "UPDATE messages SET content = ?1 WHERE id = ?2",
+            params![content, message_id],
+        )?;
+        tx.execute(
+            "UPDATE conversations SET updated_at = ?1 WHERE id = ?2",
+            params![now(), conversation_id],
+        )?;
+        tx.commit()?;
+        Ok(old)
+    }
+
     /// Removes the last message if it is the assistant's (regenerate).
     pub fn pop_assistant(&self, conversation_id: i64) -> Result<Option<StoredMessage>, AppError> {
         let last = self.messages(conversation_id)?.pop();
@@ -341,6 +376,37 @@ mod tests {
         let md = to_markdown(&b, &db.messages(b.id).unwrap());
         assert!(md.starts_with("# Pears") && md.contains("100% pears_x"));
         assert!(!md.contains("## System"));
+
+        // An edited question keeps its place and loses what came after it; only questions of
+        // the conversation can be edited.
+        let ids: Vec<i64> = ["first?", "one", "second?", "two"]
+            .iter()
+            .zip(["user", "assistant"].iter().cycle())
+            .map(|(text, role)| db.add_message(b.id, role, text, None, None).unwrap().id)
+            .collect();
+        assert!(db.edit_user_message(b.id, ids[1], "an answer").is_err());
+        assert_eq!(
+            db.messages(b.id).unwrap().len(),
+            5,
+            "a refused edit changes nothing"
+        );
+        let old = db
+            .edit_user_message(b.id, ids[0], "First, edited?")
+            .unwrap();
+        assert_eq!(old.content, "first?");
+        let left: Vec<(i64, String)> = db
+            .messages(b.id)
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.id, m.content))
+            .collect();
+        assert_eq!(
+            left.last().unwrap(),
+            &(ids[0], "First, edited?".to_string())
+        );
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(db.edit_user_message(b.id, 999, "x").is_err());
+        assert!(db.edit_user_message(999, ids[0], "x").is_err());
         let b = db
             .update_settings(
                 b.id,

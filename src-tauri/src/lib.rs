@@ -41,6 +41,7 @@ pub fn builder<R: tauri::Runtime>(state: AppState) -> tauri::Builder<R> {
             commands::export_conversation,
             commands::send_message,
             commands::regenerate,
+            commands::edit_message,
             commands::stop_generation,
             commands::race,
             commands::training_plan,

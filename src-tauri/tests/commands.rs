@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use fixpoint::testing::{tiny_tokenizer, TinySpec};
 use fixpoint::{CancelToken, Engine, GenerateRequest, Message, Prompt};
-use fixpoint_desktop::chat::{self, ChatEvent};
+use fixpoint_desktop::chat::{self, ChatEvent, Turn};
 use fixpoint_desktop::db::{ChatSettings, Db};
 use fixpoint_desktop::{commands, AppError, AppState};
 use serde_json::Value;
@@ -147,7 +147,7 @@ fn stop_cancels_within_a_pass_and_keeps_what_was_shown() {
         },
     );
     let mut passes = 0;
-    let saved = chat::answer(&state, c, Some("go".into()), &mut |e| {
+    let saved = chat::answer(&state, c, Turn::Ask("go".into()), &mut |e| {
         if let ChatEvent::Iteration(_) = e {
             passes += 1;
             if passes == 5 {
@@ -168,7 +168,7 @@ fn stop_cancels_within_a_pass_and_keeps_what_was_shown() {
 fn errors_come_back_typed() {
     let state = AppState::new(Db::in_memory().unwrap());
     let c = conversation(&state, "x", ChatSettings::default());
-    let err = chat::answer(&state, c, Some("hi".into()), &mut |_| {}).unwrap_err();
+    let err = chat::answer(&state, c, Turn::Ask("hi".into()), &mut |_| {}).unwrap_err();
     assert!(matches!(err, AppError::NoModel));
     assert_eq!(serde_json::to_value(&err).unwrap()["kind"], "no_model");
 
@@ -178,13 +178,78 @@ fn errors_come_back_typed() {
         ..Default::default()
     };
     state.with_db(|db| db.update_settings(c, &bad)).unwrap();
-    let err = chat::answer(&state, c, Some("hi".into()), &mut |_| {}).unwrap_err();
+    let err = chat::answer(&state, c, Turn::Ask("hi".into()), &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("block"), "{err}");
-    let err = chat::answer(&state, 999, Some("hi".into()), &mut |_| {}).unwrap_err();
+    let err = chat::answer(&state, 999, Turn::Ask("hi".into()), &mut |_| {}).unwrap_err();
     assert!(matches!(err, AppError::NoSuchConversation(999)));
     let missing =
         fixpoint_desktop::models::load(&state, std::path::Path::new("/nope.gguf")).unwrap_err();
     assert!(missing.to_string().contains("not found"), "{missing}");
+}
+
+#[test]
+fn editing_a_question_replaces_what_came_after_it() {
+    let app = mock_app(state_with_model());
+    let state = app.state::<AppState>();
+    let settings = ChatSettings {
+        block: "4".into(),
+        max_tokens: 20,
+        ..Default::default()
+    };
+    let c = conversation(&state, fixpoint_desktop::NEW_CHAT_TITLE, settings.clone());
+    let ask = |conversation: i64, text: &str| {
+        let (channel, _) = recording_channel::<ChatEvent>();
+        tauri::async_runtime::block_on(commands::send_message(
+            app.handle().clone(),
+            conversation,
+            text.into(),
+            channel,
+        ))
+        .unwrap()
+    };
+    ask(c, "count to ten");
+    ask(c, "and back");
+    let before = state.with_db(|db| db.messages(c)).unwrap();
+    assert_eq!(before.len(), 4);
+    let edit = |message_id: i64, content: &str| {
+        let (channel, got) = recording_channel::<ChatEvent>();
+        let saved = tauri::async_runtime::block_on(commands::edit_message(
+            app.handle().clone(),
+            c,
+            message_id,
+            content.into(),
+            channel,
+        ));
+        let events = got.lock().unwrap().clone();
+        (saved, events)
+    };
+
+    // Refused, and nothing changes: an empty question, an answer.
+    for (id, text) in [(before[0].id, "  "), (before[1].id, "count")] {
+        assert!(matches!(edit(id, text).0, Err(AppError::Invalid(_))));
+        assert_eq!(state.with_db(|db| db.messages(c)).unwrap(), before);
+    }
+
+    let (saved, events) = edit(before[0].id, "count to five");
+    let saved = saved.unwrap();
+    assert_eq!(events.first().unwrap()["kind"], "started");
+    assert_eq!(events.last().unwrap()["kind"], "done");
+    let after = state.with_db(|db| db.messages(c)).unwrap();
+    let texts: Vec<&str> = after.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(texts, ["count to five", saved.content.as_str()]);
+    assert_eq!(after[0].id, before[0].id, "the question keeps its place");
+    let title = state.with_db(|db| db.conversation(c)).unwrap().title;
+    assert_eq!(
+        title, "count to five",
+        "the title follows the first question"
+    );
+    // The answer is the one the edited question gets in a conversation of its own.
+    let fresh = conversation(&state, fixpoint_desktop::NEW_CHAT_TITLE, settings);
+    let expected = ask(fresh, "count to five");
+    assert_eq!(
+        saved.stats.unwrap()["token_ids"],
+        expected.stats.unwrap()["token_ids"]
+    );
 }
 
 #[test]

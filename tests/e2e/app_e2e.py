@@ -6,7 +6,8 @@ answer, checks that the rows equal the engine's forward passes, saves a screensh
 app and finds the conversation again. Then trains the model from the training tab (pasted
 prompts, small advanced settings), checks the before/after card, finds the new model in the
 model picker, chats with it (AR, chosen before the first message) and sees it answer, then
-regenerates the answer with a system prompt and sees the prompt grow by it.
+regenerates the answer with a system prompt and sees the prompt grow by it, then edits the
+question and sees it answered again in place.
 """
 
 import os
@@ -217,6 +218,21 @@ def train(d):
     assert with_system > plain, (plain, with_system)
     assert "(set)" in by(d, "setting-system-toggle").text
     print(f"system prompt: {plain} prompt tokens without it, {with_system} with it")
+
+    # Editing the question answers it again in place of the old answer.
+    by(d, "edit").click()
+    box = by(d, "edit-text")
+    box.clear()
+    box.send_keys("Say something else.")
+    by(d, "edit-send").click()
+    wait("the edited question's answer", lambda: [m for m in all_by(d, "message-assistant")
+                                                    if m.get_attribute("data-stop")]
+         and "else" in by(d, "message-user").text and len(all_by(d, "message-assistant")) == 1
+         and not all_by(d, "streaming"), 120)
+    assert len(all_by(d, "message-user")) == 1
+    edited = int(by(d, "message-assistant").get_attribute("data-prompt-tokens"))
+    assert edited > with_system, (with_system, edited)
+    print(f"edited question answered: {edited} prompt tokens")
 
 
 if __name__ == "__main__":

@@ -192,6 +192,27 @@ export function App() {
     await stream((on) => api.regenerate(activeId, on), "regenerated answer");
   };
 
+  // The question gets its new text; the messages after it go, here at once and on disk as the
+  // answer starts.
+  const edit = async (m: StoredMessage, text: string) => {
+    if (activeId === null || busy || !text.trim()) return;
+    await savingSettings.current;
+    setMessages((ms) => {
+      const i = ms.findIndex((x) => x.id === m.id);
+      return i < 0 ? ms : [...ms.slice(0, i), { ...m, content: text }];
+    });
+    await stream((on) => api.editMessage(activeId, m.id, text, on), `edited: ${text.slice(0, 52)}`);
+  };
+
+  // Escape stops a running answer or race, as the Stop button does.
+  useEffect(() => {
+    const onKey = (e: KeyboardEvent) => {
+      if (e.key === "Escape" && busy) api.stop();
+    };
+    window.addEventListener("keydown", onKey);
+    return () => window.removeEventListener("keydown", onKey);
+  }, [busy]);
+
   const replay = (m: StoredMessage) => {
     if (!m.trajectory || !m.stats) return;
     setViz(replayState(m.trajectory, m.stats.token_ids));
@@ -344,6 +365,7 @@ export function App() {
                 busy={busy}
                 onReplay={replay}
                 onRegenerate={regenerate}
+                onEdit={edit}
               />
               <div class="composer">
                 <textarea
@@ -359,7 +381,7 @@ export function App() {
                   }}
                 />
                 {busy ? (
-                  <button class="stop" data-testid="stop" onClick={() => api.stop()}>
+                  <button class="stop" data-testid="stop" title="Esc" onClick={() => api.stop()}>
                     Stop
                   </button>
                 ) : (

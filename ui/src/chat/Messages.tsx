@@ -1,6 +1,6 @@
 // The conversation: user and assistant messages rendered as sanitized Markdown.
 
-import { useEffect, useRef } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import { renderMarkdown } from "../markdown";
 import type { StoredMessage } from "../types";
 
@@ -12,13 +12,22 @@ export function Messages(props: {
   busy: boolean;
   onReplay: (m: StoredMessage) => void;
   onRegenerate: () => void;
+  /** A question answered again with new text, replacing the messages after it. */
+  onEdit: (m: StoredMessage, text: string) => void;
 }) {
   const end = useRef<HTMLDivElement>(null);
+  // The question being edited, and its text so far.
+  const [editing, setEditing] = useState<{ id: number; text: string } | null>(null);
+  const finishEdit = (m: StoredMessage) => {
+    if (!editing || !editing.text.trim()) return;
+    setEditing(null);
+    props.onEdit(m, editing.text);
+  };
   useEffect(() => end.current?.scrollIntoView({ block: "end" }), [props.messages, props.streaming]);
   const lastAssistant = [...props.messages].reverse().find((m) => m.role === "assistant");
   return (
     <div class="messages" data-testid="messages">
-      {props.messages.map((m) => (
+      {props.messages.map((m, i) => (
         <div
           class={`message ${m.role}`}
           key={m.id}
@@ -28,7 +37,38 @@ export function Messages(props: {
           data-mode={m.stats?.mode ?? ""}
           data-prompt-tokens={m.stats?.prompt_tokens ?? ""}
         >
-          <div class="body" dangerouslySetInnerHTML={{ __html: renderMarkdown(m.content) }} />
+          {editing?.id === m.id ? (
+            <div class="edit">
+              <textarea
+                value={editing.text}
+                rows={3}
+                data-testid="edit-text"
+                onInput={(e) => setEditing({ id: m.id, text: (e.target as HTMLTextAreaElement).value })}
+                onKeyDown={(e) => {
+                  if (e.key === "Enter" && !e.shiftKey) {
+                    e.preventDefault();
+                    finishEdit(m);
+                  } else if (e.key === "Escape") {
+                    setEditing(null);
+                  }
+                }}
+              />
+              <div class="meta">
+                {i + 1 < props.messages.length && (
+                  <span>
+                    replaces the {props.messages.length - i - 1 === 1 ? "answer" : `${props.messages.length - i - 1} messages`}{" "}
+                    after it
+                  </span>
+                )}
+                <button data-testid="edit-send" disabled={!editing.text.trim() || props.busy} onClick={() => finishEdit(m)}>
+                  send
+                </button>
+                <button onClick={() => setEditing(null)}>cancel</button>
+              </div>
+            </div>
+          ) : (
+            <div class="body" dangerouslySetInnerHTML={{ __html: renderMarkdown(m.content) }} />
+          )}
           <div class="meta">
             <span class="saved" title="saved to disk">saved</span>
             {m.stats && (
@@ -46,6 +86,11 @@ export function Messages(props: {
               </span>
             )}
             <button onClick={() => navigator.clipboard?.writeText(m.content)}>copy</button>
+            {m.role === "user" && !props.busy && editing?.id !== m.id && (
+              <button data-testid="edit" onClick={() => setEditing({ id: m.id, text: m.content })}>
+                edit
+              </button>
+            )}
             {m.trajectory && m.trajectory.length > 0 && (
               <button data-testid="replay-button" onClick={() => props.onReplay(m)}>
                 replay
