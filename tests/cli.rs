@@ -365,6 +365,25 @@ fn chat_reads_turns_from_stdin() {
     );
 }
 
+/// `fixpoint chat` on `model` in AR with its stats, and `flags`: stdin and stderr piped.
+fn spawn_chat(model: &Path, flags: &[&str]) -> std::process::Child {
+    bin()
+        .args([
+            "chat",
+            "--model",
+            model.to_str().unwrap(),
+            "--mode",
+            "ar",
+            "--stats",
+        ])
+        .args(flags)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn chat_system_command_sets_and_clears_the_system_prompt() {
     use std::io::Write;
@@ -372,15 +391,7 @@ fn chat_system_command_sets_and_clears_the_system_prompt() {
     let p = tiny_gguf(dir.path(), "tiny.gguf", |_| {});
     // The prompt sizes of the answers a chat gives to `input`.
     let prompts = |flags: &[&str], input: &str| -> Vec<usize> {
-        let mut child = bin()
-            .args(["chat", "--model", p.to_str().unwrap(), "--max-tokens", "4"])
-            .args(["--mode", "ar", "--stats"])
-            .args(flags)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_chat(&p, &[&["--max-tokens", "4"], flags].concat());
         let mut stdin = child.stdin.take().unwrap();
         stdin.write_all(input.as_bytes()).unwrap();
         drop(stdin);
@@ -469,14 +480,7 @@ fn ctrl_c_in_chat_stops_the_answer_not_the_chat() {
     use std::io::{BufRead, BufReader, Write};
     let dir = tempfile::tempdir().unwrap();
     let path = slow_model(dir.path());
-    let mut child = bin()
-        .args(["chat", "--model", path.to_str().unwrap()])
-        .args(["--max-tokens", "2000", "--mode", "ar", "--stats"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_chat(&path, &["--max-tokens", "2000"]);
     let mut stdin = child.stdin.take().unwrap();
     writeln!(stdin, "{}", long_prompt()).unwrap();
     // The greeting comes once the model is loaded; the prompt then takes seconds.
