@@ -7,7 +7,7 @@ app and finds the conversation again. Then trains the model from the training ta
 prompts, small advanced settings), checks the before/after card, finds the new model in the
 model picker, chats with it (AR, chosen before the first message) and sees it answer, then
 regenerates the answer with a system prompt and sees the prompt grow by it, then edits the
-question and sees it answered again in place.
+question and sees it answered again in place, and deletes the conversation.
 """
 
 import os
@@ -233,6 +233,15 @@ def train(d):
     edited = int(by(d, "message-assistant").get_attribute("data-prompt-tokens"))
     assert edited > with_system, (with_system, edited)
     print(f"edited question answered: {edited} prompt tokens")
+
+    # Deleting the conversation asks first, then removes it from the list.
+    before = titles(d)
+    d.find_element(By.CSS_SELECTOR, 'button[title="delete"]').click()
+    dialog = wait("the delete dialog", lambda: d.switch_to.alert, 10)
+    assert "Say something else." in dialog.text, dialog.text
+    dialog.accept()
+    wait("the conversation to go", lambda: len(titles(d)) == len(before) - 1, 10)
+    print("deleted; left:", titles(d))
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ export function Sidebar(props: {
                   title="delete"
                   onClick={() => confirm(`Delete “${c.title}”?`) && props.onDelete(c.id)}
                 >
-                  🗑
+                  delete
                 </button>
               </span>
             )}
