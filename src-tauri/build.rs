@@ -18,6 +18,7 @@ fn main() {
             "send_message",
             "regenerate",
             "edit_message",
+            "continue_answer",
             "stop_generation",
             "race",
             "training_plan",

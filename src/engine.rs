@@ -42,6 +42,12 @@ pub struct ModelInfo {
 pub enum Prompt {
     Raw(String),
     Chat(Vec<Message>),
+    /// The answer to a conversation so far, as its token ids: decoding goes on where it stopped
+    /// (at max tokens, or a Stop), exactly as one longer greedy answer would have.
+    Continue {
+        chat: Vec<Message>,
+        answer: Vec<u32>,
+    },
 }
 
 impl Prompt {
@@ -206,21 +212,33 @@ impl Engine {
 
     /// The token ids a request's prompt becomes.
     pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
-        let text = match prompt {
+        let chat = |messages: &[Message]| {
+            if messages.is_empty() || messages.iter().all(|m| m.content.trim().is_empty()) {
+                return Err(Error::EmptyPrompt);
+            }
+            self.tokenizer.apply_chat_template(messages)
+        };
+        let ids = match prompt {
             Prompt::Raw(text) => {
                 if text.is_empty() {
                     return Err(Error::EmptyPrompt);
                 }
-                text.clone()
+                self.tokenizer.encode(text)?
             }
-            Prompt::Chat(messages) => {
-                if messages.is_empty() || messages.iter().all(|m| m.content.trim().is_empty()) {
-                    return Err(Error::EmptyPrompt);
+            Prompt::Chat(messages) => self.tokenizer.encode(&chat(messages)?)?,
+            Prompt::Continue {
+                chat: messages,
+                answer,
+            } => {
+                let vocab = self.model.config().vocab_size;
+                if let Some(bad) = answer.iter().find(|&&id| id as usize >= vocab) {
+                    return Err(Error::InvalidToken { id: *bad, vocab });
                 }
-                self.tokenizer.apply_chat_template(messages)?
+                let mut ids = self.tokenizer.encode(&chat(messages)?)?;
+                ids.extend_from_slice(answer);
+                ids
             }
         };
-        let ids = self.tokenizer.encode(&text)?;
         if ids.is_empty() {
             return Err(Error::EmptyPrompt);
         }

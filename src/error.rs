@@ -55,6 +55,9 @@ pub enum Error {
     #[error("the prompt is empty")]
     EmptyPrompt,
 
+    #[error("token id {id} is not in the model's vocabulary of {vocab}")]
+    InvalidToken { id: u32, vocab: usize },
+
     #[error("the prompt is {tokens} tokens long, but the model's context holds {context}")]
     PromptTooLong { tokens: usize, context: usize },
 

@@ -413,6 +413,62 @@ fn chat_system_command_sets_and_clears_the_system_prompt() {
     assert_eq!(commands, [flag[0], plain[0]]);
 }
 
+#[test]
+fn chat_continue_grows_a_stopped_answer_into_the_longer_one() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let p = tiny_gguf(dir.path(), "tiny.gguf", |_| {});
+    // What a chat prints for `input`: its answers, and the lines of its stats.
+    let chat = |max_tokens: &str, input: &str| {
+        let mut child = bin()
+            .args([
+                "chat",
+                "--model",
+                p.to_str().unwrap(),
+                "--max-tokens",
+                max_tokens,
+            ])
+            .args(["--block", "4", "--stats"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{stderr}");
+        let stats: Vec<String> = stderr
+            .lines()
+            .filter(|l| l.starts_with('['))
+            .map(String::from)
+            .collect();
+        (
+            String::from_utf8_lossy(&out.stdout).replace('\n', ""),
+            stats,
+            stderr,
+        )
+    };
+    let (whole, whole_stats, _) = chat("18", "hello\n");
+    assert!(whole_stats[0].starts_with("[18 tokens"), "{whole_stats:?}");
+    let (parts, stats, stderr) = chat("6", "/continue\nhello\n/continue\n/continue\n");
+    assert!(
+        stderr.contains("no answer stopped before its end"),
+        "{stderr}"
+    );
+    let counts: Vec<&str> = stats
+        .iter()
+        .map(|l| l.split(" in ").next().unwrap())
+        .collect();
+    assert_eq!(counts, ["[6 tokens", "[12 tokens", "[18 tokens"]);
+    assert_eq!(parts, whole, "the three runs print the one longer answer");
+}
+
 /// A model large enough that a long prompt (`long_prompt`) takes about a second to go through.
 fn slow_model(dir: &Path) -> PathBuf {
     let spec = TinySpec {

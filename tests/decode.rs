@@ -257,6 +257,81 @@ fn a_chat_turn_reuses_the_last_turns_cache_and_answers_as_from_scratch() {
 }
 
 #[test]
+fn a_continued_answer_is_the_longer_answer() {
+    let question = vec![fixpoint::Message::user("the quick brown fox")];
+    for mode in [Mode::Autoregressive, Mode::Jacobi(4), Mode::JacobiAuto(8)] {
+        let e = fast_engine();
+        let run = |prompt: Prompt, max_tokens: usize| {
+            let options = DecodeOptions {
+                mode,
+                max_tokens,
+                ..Default::default()
+            };
+            e.generate(
+                &GenerateRequest { prompt, options },
+                &CancelToken::new(),
+                |_| {},
+            )
+            .unwrap()
+        };
+        let whole = run(Prompt::Chat(question.clone()), 40);
+        assert_eq!(whole.generated_tokens, 40, "needs an answer that runs on");
+        let start = run(Prompt::Chat(question.clone()), 15);
+        assert_eq!(start.stop_reason, StopReason::MaxTokens);
+        let rest = run(
+            Prompt::Continue {
+                chat: question.clone(),
+                answer: start.token_ids.clone(),
+            },
+            25,
+        );
+        // The answer's cache is still there: only its last token goes through the model.
+        assert_eq!(rest.prompt_tokens, start.prompt_tokens + 15);
+        assert_eq!(
+            rest.reused_prompt_tokens,
+            rest.prompt_tokens - 1,
+            "{mode:?}"
+        );
+        let joined = start.continued_by(rest, e.tokenizer()).unwrap();
+        assert_eq!(joined.token_ids, whole.token_ids, "{mode:?}");
+        assert_eq!(joined.text, whole.text);
+        assert_eq!(
+            (
+                joined.generated_tokens,
+                joined.stop_reason,
+                joined.prompt_tokens
+            ),
+            (40, whole.stop_reason, whole.prompt_tokens)
+        );
+        // Continued on an engine that never saw the start: the same tokens.
+        let cold = fast_engine()
+            .generate(
+                &GenerateRequest {
+                    prompt: Prompt::Continue {
+                        chat: question.clone(),
+                        answer: whole.token_ids[..15].to_vec(),
+                    },
+                    options: DecodeOptions {
+                        mode,
+                        max_tokens: 25,
+                        ..Default::default()
+                    },
+                },
+                &CancelToken::new(),
+                |_| {},
+            )
+            .unwrap();
+        assert_eq!(cold.token_ids, whole.token_ids[15..]);
+    }
+    let bad = Prompt::Continue {
+        chat: question,
+        answer: vec![3, 1 << 30],
+    };
+    let err = fast_engine().prompt_ids(&bad).unwrap_err();
+    assert!(matches!(err, fixpoint::Error::InvalidToken { id, .. } if id == 1 << 30));
+}
+
+#[test]
 fn a_cancelled_answer_leaves_a_cache_the_next_prompt_can_use() {
     let e = fast_engine();
     let cancel = CancelToken::new();

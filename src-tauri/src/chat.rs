@@ -5,7 +5,7 @@ use fixpoint::{
     BlockSpec, DecodeEvent, DecodeOptions, Engine, GenerateRequest, Generation, Message, Mode,
     Prompt, Sampling, StopReason,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::db::{ChatSettings, StoredMessage};
 use crate::error::AppError;
@@ -47,7 +47,7 @@ pub enum ChatEvent {
 }
 
 /// One Jacobi iteration with its tokens as text, for the visualizer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IterationView {
     pub index: usize,
     pub block_start: usize,
@@ -175,6 +175,62 @@ pub enum Turn {
     Regenerate,
     /// User message `message_id` with new text: the messages after it are replaced.
     Edit { message_id: i64, content: String },
+    /// The last answer, from where it stopped (max tokens, or a Stop): it grows in place.
+    Continue,
+}
+
+/// An answer being continued: its message, its record, its iterations.
+struct Partial {
+    message: StoredMessage,
+    generation: Generation,
+    trajectory: Option<Vec<IterationView>>,
+}
+
+impl Partial {
+    /// The conversation's last message, if it is an answer whose tokens were recorded.
+    fn last_of(history: &[StoredMessage]) -> Result<Self, AppError> {
+        let message = history
+            .last()
+            .filter(|m| m.role == "assistant")
+            .ok_or_else(|| AppError::Invalid("there is no answer to continue".into()))?;
+        fn record<T: serde::de::DeserializeOwned>(v: &Option<serde_json::Value>) -> Option<T> {
+            serde_json::from_value(v.clone()?).ok()
+        }
+        let generation = record(&message.stats)
+            .ok_or_else(|| AppError::Invalid("this answer has no record of its tokens".into()))?;
+        Ok(Self {
+            message: message.clone(),
+            generation,
+            trajectory: record(&message.trajectory),
+        })
+    }
+
+    /// The answer grown by `next`: one record, and the iterations of both runs in one
+    /// numbering where both ran Jacobi (a replay of only one of them would mislead).
+    fn join(
+        self,
+        next: Generation,
+        iterations: Vec<IterationView>,
+        engine: &Engine,
+    ) -> Result<(Generation, Vec<IterationView>), AppError> {
+        let (passes, tokens) = (
+            self.generation.forward_passes,
+            self.generation.generated_tokens,
+        );
+        let joined = self.generation.continued_by(next, engine.tokenizer())?;
+        let trajectory = match self.trajectory {
+            Some(mut earlier) if !earlier.is_empty() && !iterations.is_empty() => {
+                earlier.extend(iterations.into_iter().map(|it| IterationView {
+                    index: it.index + passes,
+                    block_start: it.block_start + tokens,
+                    ..it
+                }));
+                earlier
+            }
+            _ => Vec::new(),
+        };
+        Ok((joined, trajectory))
+    }
 }
 
 /// Answers the conversation's last user message after `turn` is applied to the conversation.
@@ -193,6 +249,7 @@ pub fn answer(
             return Err(AppError::Invalid("the message is empty".into()));
         }
     }
+    let continuing = matches!(turn, Turn::Continue);
     let user_message = match turn {
         Turn::Ask(text) => {
             let saved = state.with_db(|db| {
@@ -225,8 +282,14 @@ pub fn answer(
             })?;
             None
         }
+        Turn::Continue => None,
     };
-    let history = state.with_db(|db| db.messages(conversation_id))?;
+    let mut history = state.with_db(|db| db.messages(conversation_id))?;
+    // The answer stays saved as it is until its continuation replaces it.
+    let partial = continuing.then(|| Partial::last_of(&history)).transpose()?;
+    if partial.is_some() {
+        history.pop();
+    }
     if history.last().is_none_or(|m| m.role != "user") {
         return Err(AppError::Invalid("there is no question to answer".into()));
     }
@@ -244,7 +307,22 @@ pub fn answer(
         .collect();
     // A conversation longer than the context keeps its latest messages (the saved ones stay).
     let (messages, dropped) = engine.fit_chat(&messages, options.max_tokens)?;
-    let prompt = Prompt::Chat(messages);
+    let prompt = match &partial {
+        Some(p) => {
+            let prompt = Prompt::Continue {
+                chat: messages,
+                answer: p.generation.token_ids.clone(),
+            };
+            if let Err(fixpoint::Error::PromptTooLong { context, .. }) = engine.prompt_ids(&prompt)
+            {
+                return Err(AppError::Invalid(format!(
+                    "the answer fills the model's context of {context} tokens: nothing more fits"
+                )));
+            }
+            prompt
+        }
+        None => Prompt::Chat(messages),
+    };
     let greedy_ar = options.mode == Mode::Autoregressive && options.sampling.is_greedy();
     let (generation, trajectory) = decode(&engine, prompt, options, &job.token, emit)?;
     if greedy_ar
@@ -253,6 +331,10 @@ pub fn answer(
     {
         *lock(&state.ar_speed) = Some(generation.tokens_per_second);
     }
+    let (replaced, (generation, trajectory)) = match partial {
+        Some(p) => (Some(p.message.id), p.join(generation, trajectory, &engine)?),
+        None => (None, (generation, trajectory)),
+    };
     let mut stats = serde_json::to_value(&generation)?;
     if dropped > 0 {
         // Shown under the answer: the model did not see the earliest messages.
@@ -261,14 +343,15 @@ pub fn answer(
     let trajectory = (!trajectory.is_empty())
         .then(|| serde_json::to_value(&trajectory))
         .transpose()?;
-    let message = state.with_db(|db| {
-        db.add_message(
+    let message = state.with_db(|db| match replaced {
+        Some(id) => db.replace_message(id, &generation.text, Some(&stats), trajectory.as_ref()),
+        None => db.add_message(
             conversation_id,
             "assistant",
             &generation.text,
             Some(&stats),
             trajectory.as_ref(),
-        )
+        ),
     })?;
     emit(ChatEvent::Done {
         message: message.clone(),

@@ -180,6 +180,21 @@ pub async fn regenerate<R: Runtime>(
     .await
 }
 
+/// Continues the conversation's last answer from where it stopped.
+#[tauri::command]
+pub async fn continue_answer<R: Runtime>(
+    app: AppHandle<R>,
+    conversation_id: i64,
+    channel: Channel<ChatEvent>,
+) -> Result<StoredMessage, AppError> {
+    blocking(app, move |state| {
+        chat::answer(state, conversation_id, Turn::Continue, &mut |e| {
+            let _ = channel.send(e);
+        })
+    })
+    .await
+}
+
 /// Answers user message `message_id` again with the text `content`, replacing the messages
 /// after it.
 #[tauri::command]

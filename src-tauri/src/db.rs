@@ -288,6 +288,42 @@ impl Db {
         Ok(old)
     }
 
+    /// Gives message `id` new content, statistics and trajectory (a continued answer, which
+    /// keeps its place); returns it as saved.
+    pub fn replace_message(
+        &self,
+        id: i64,
+        content: &str,
+        stats: Option<&serde_json::Value>,
+        trajectory: Option<&serde_json::Value>,
+    ) -> Result<StoredMessage, AppError> {
+        let changed = self.conn.execute(
+            "UPDATE messages SET content = ?1, stats = ?2, trajectory = ?3 WHERE id = ?4",
+            params![
+                content,
+                stats.map(|s| s.to_string()),
+                trajectory.map(|s| s.to_string()),
+                id
+            ],
+        )?;
+        if changed == 0 {
+            return Err(AppError::Invalid(format!("message {id} does not exist")));
+        }
+        let conversation_id: i64 = self.conn.query_row(
+            "SELECT conversation_id FROM messages WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )?;
+        self.conn.execute(
+            "UPDATE conversations SET updated_at = ?1 WHERE id = ?2",
+            params![now(), conversation_id],
+        )?;
+        self.messages(conversation_id)?
+            .into_iter()
+            .find(|m| m.id == id)
+            .ok_or_else(|| AppError::Invalid(format!("message {id} does not exist")))
+    }
+
     /// Removes the last message if it is the assistant's (regenerate).
     pub fn pop_assistant(&self, conversation_id: i64) -> Result<Option<StoredMessage>, AppError> {
         let last = self.messages(conversation_id)?.pop();

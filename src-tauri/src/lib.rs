@@ -42,6 +42,7 @@ pub fn builder<R: tauri::Runtime>(state: AppState) -> tauri::Builder<R> {
             commands::send_message,
             commands::regenerate,
             commands::edit_message,
+            commands::continue_answer,
             commands::stop_generation,
             commands::race,
             commands::training_plan,

@@ -253,6 +253,74 @@ fn editing_a_question_replaces_what_came_after_it() {
 }
 
 #[test]
+fn a_continued_answer_grows_in_place_into_the_longer_answer() {
+    let app = mock_app(state_with_model());
+    let state = app.state::<AppState>();
+    let settings = |max_tokens| ChatSettings {
+        block: "4".into(),
+        max_tokens,
+        ..Default::default()
+    };
+    let answer = |conversation: i64, turn: Turn| {
+        chat::answer(&state, conversation, turn, &mut |_| {}).map(|m| {
+            let stats: fixpoint::Generation =
+                serde_json::from_value(m.stats.clone().unwrap()).unwrap();
+            (m, stats)
+        })
+    };
+    let whole = conversation(&state, "whole", settings(30));
+    let (_, expected) = answer(whole, Turn::Ask("count to ten".into())).unwrap();
+    assert_eq!(
+        expected.generated_tokens, 30,
+        "needs an answer that runs on"
+    );
+
+    let c = conversation(&state, "halves", settings(12));
+    let (first, start) = answer(c, Turn::Ask("count to ten".into())).unwrap();
+    assert_eq!(start.stop_reason, fixpoint::StopReason::MaxTokens);
+    // The next 12, then the last 6.
+    answer(c, Turn::Continue).unwrap();
+    state
+        .with_db(|db| db.update_settings(c, &settings(6)))
+        .unwrap();
+    let (grown, stats) = answer(c, Turn::Continue).unwrap();
+    assert_eq!(grown.id, first.id, "the answer keeps its place");
+    assert_eq!(stats.token_ids, expected.token_ids);
+    assert_eq!(grown.content, expected.text);
+    assert_eq!(stats.generated_tokens, 30);
+    let messages = state.with_db(|db| db.messages(c)).unwrap();
+    assert_eq!(messages.len(), 2);
+    assert_eq!(messages[1], grown);
+    // One replay of the whole answer: every pass, numbered in order.
+    let trajectory = grown.trajectory.unwrap();
+    let iterations = trajectory.as_array().unwrap();
+    assert_eq!(iterations.len(), stats.forward_passes);
+    for (i, it) in iterations.iter().enumerate() {
+        assert_eq!(it["index"], i);
+    }
+    let starts: Vec<u64> = iterations
+        .iter()
+        .map(|it| it["block_start"].as_u64().unwrap())
+        .collect();
+    assert!(starts.windows(2).all(|w| w[0] <= w[1]), "{starts:?}");
+    assert!(*starts.last().unwrap() < 30);
+
+    // Nothing to continue: no answer yet, or a question last.
+    let empty = conversation(&state, "empty", settings(6));
+    assert!(matches!(
+        answer(empty, Turn::Continue),
+        Err(AppError::Invalid(_))
+    ));
+    state
+        .with_db(|db| db.add_message(c, "user", "and back", None, None))
+        .unwrap();
+    assert!(matches!(
+        answer(c, Turn::Continue),
+        Err(AppError::Invalid(_))
+    ));
+}
+
+#[test]
 fn a_system_prompt_opens_every_answer_and_the_race() {
     let app = mock_app(state_with_model());
     let state = app.state::<AppState>();

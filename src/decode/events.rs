@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::tokenizer::Tokenizer;
+
 /// One step of decoding, streamed to the CLI or the app as it happens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -87,4 +89,44 @@ pub struct Generation {
     pub mode: String,
     /// Jacobi block size used (1 for autoregressive).
     pub block: usize,
+}
+
+impl Generation {
+    /// The record of one answer generated in two runs: this one, then `next`, which continued
+    /// it (`Prompt::Continue`). The tokens are this run's and then `next`'s, the text theirs
+    /// decoded together (a character split between the runs comes out whole); counts and times
+    /// add up and the rates are worked out from the sums; the prompt is this run's, the stop
+    /// reason, decoder and block size `next`'s.
+    pub fn continued_by(self, next: Generation, tokenizer: &Tokenizer) -> crate::Result<Self> {
+        let token_ids = [self.token_ids, next.token_ids].concat();
+        let generated_tokens = self.generated_tokens + next.generated_tokens;
+        let forward_passes = self.forward_passes + next.forward_passes;
+        let decode_ms = self.decode_ms + next.decode_ms;
+        // Each run's first token came from its prefill, not from a pass.
+        let from_passes =
+            self.generated_tokens.saturating_sub(1) + next.generated_tokens.saturating_sub(1);
+        Ok(Self {
+            text: tokenizer.decode(&token_ids)?,
+            token_ids,
+            stop_reason: next.stop_reason,
+            prompt_tokens: self.prompt_tokens,
+            reused_prompt_tokens: self.reused_prompt_tokens,
+            generated_tokens,
+            forward_passes,
+            tokens_per_iteration: if forward_passes > 0 {
+                from_passes as f64 / forward_passes as f64
+            } else {
+                0.0
+            },
+            tokens_per_second: if decode_ms > 0.0 {
+                from_passes as f64 / (decode_ms / 1e3)
+            } else {
+                0.0
+            },
+            prefill_ms: self.prefill_ms + next.prefill_ms,
+            decode_ms,
+            mode: next.mode,
+            block: next.block,
+        })
+    }
 }

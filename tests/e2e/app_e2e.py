@@ -3,7 +3,7 @@ driven through tauri-driver + WebKitWebDriver (run by scripts/e2e.sh).
 
 Sends a prompt to a small test model, sees tokens stream and visualizer rows appear, stops the
 answer, checks that the rows equal the engine's forward passes, saves a screenshot, restarts the
-app and finds the conversation again. Then trains the model from the training tab (pasted
+app, finds the conversation again and continues the stopped answer. Then trains the model from the training tab (pasted
 prompts, small advanced settings), checks the before/after card, finds the new model in the
 model picker, chats with it (AR, chosen before the first message) and sees it answer, then
 regenerates the answer with a system prompt and sees the prompt grow by it, then edits the
@@ -139,6 +139,16 @@ def main():
         wait("the saved messages", lambda: len(all_by(d, "message-user")) == 1
              and len(all_by(d, "message-assistant")) == 1, 30)
         print("conversation reopened after restart:", title)
+        # The stopped answer goes on from where it stopped, in place.
+        stopped = by(d, "message-assistant")
+        passes = int(stopped.get_attribute("data-passes"))
+        by(d, "continue").click()
+        grown = wait("the continued answer", lambda: [
+            m for m in all_by(d, "message-assistant")
+            if m.get_attribute("data-stop") and int(m.get_attribute("data-passes")) > passes], 120)[0]
+        assert len(all_by(d, "message-assistant")) == 1 and len(all_by(d, "message-user")) == 1
+        print(f"continued: {passes} passes, then {grown.get_attribute('data-passes')} in all, "
+              f"stop: {grown.get_attribute('data-stop')}")
         train(d)
     finally:
         d.quit()

@@ -128,10 +128,15 @@ export function App() {
     })();
   };
 
-  /** Streams an answer: events are applied once per animation frame. */
-  const stream = async (run: (on: (e: ChatEvent) => void) => Promise<StoredMessage>, title: string) => {
+  /** Streams an answer: events are applied once per animation frame. `shown`: the text the
+   * answer already has (one being continued). */
+  const stream = async (
+    run: (on: (e: ChatEvent) => void) => Promise<StoredMessage>,
+    title: string,
+    shown = "",
+  ) => {
     setBusy(true);
-    setStreaming("");
+    setStreaming(shown);
     setReading(null);
     setViz(emptyViz());
     setVizLive(true);
@@ -190,6 +195,15 @@ export function App() {
     await savingSettings.current;
     setMessages((ms) => (ms.length && ms[ms.length - 1].role === "assistant" ? ms.slice(0, -1) : ms));
     await stream((on) => api.regenerate(activeId, on), "regenerated answer");
+  };
+
+  // The last answer goes on from where it stopped, growing in place.
+  const continueAnswer = async () => {
+    const last = messages[messages.length - 1];
+    if (activeId === null || busy || last?.role !== "assistant") return;
+    await savingSettings.current;
+    setMessages((ms) => ms.filter((m) => m.id !== last.id));
+    await stream((on) => api.continueAnswer(activeId, on), "continued answer", last.content);
   };
 
   // The question gets its new text; the messages after it go, here at once and on disk as the
@@ -366,6 +380,7 @@ export function App() {
                 onReplay={replay}
                 onRegenerate={regenerate}
                 onEdit={edit}
+                onContinue={continueAnswer}
               />
               <div class="composer">
                 <textarea

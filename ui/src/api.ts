@@ -50,6 +50,8 @@ export const api = {
     invoke<StoredMessage>("send_message", { conversationId, content, channel: channel(on) }),
   regenerate: (conversationId: number, on: (e: ChatEvent) => void) =>
     invoke<StoredMessage>("regenerate", { conversationId, channel: channel(on) }),
+  continueAnswer: (conversationId: number, on: (e: ChatEvent) => void) =>
+    invoke<StoredMessage>("continue_answer", { conversationId, channel: channel(on) }),
   editMessage: (conversationId: number, messageId: number, content: string, on: (e: ChatEvent) => void) =>
     invoke<StoredMessage>("edit_message", { conversationId, messageId, content, channel: channel(on) }),
   stop: () => invoke<boolean>("stop_generation"),

@@ -33,8 +33,8 @@ enum Command {
     /// Generate a continuation of one prompt, streaming it to stdout (Ctrl-C stops it, prints
     /// the stats and exits with 130).
     Generate(GenerateArgs),
-    /// Chat with a model in the terminal (/reset, /system [TEXT], /mode ar|jacobi, /block
-    /// N|auto, /guesses context|jacobi, /quit; Ctrl-C stops an answer).
+    /// Chat with a model in the terminal (/continue, /reset, /system [TEXT], /mode ar|jacobi,
+    /// /block N|auto, /guesses context|jacobi, /quit; Ctrl-C stops an answer).
     Chat(ChatArgs),
     /// Measure AR against Jacobi on the same prompts, and the forward cost per block size.
     Bench(BenchArgs),
@@ -452,7 +452,7 @@ fn summary(g: &Generation) -> String {
 
 /// What `chat` understands besides a message.
 const CHAT_COMMANDS: &str =
-    "/reset, /system [TEXT], /mode ar|jacobi, /block N|auto, /guesses context|jacobi, /quit";
+    "/continue, /reset, /system [TEXT], /mode ar|jacobi, /block N|auto, /guesses context|jacobi, /quit";
 
 fn chat(args: ChatArgs) -> Result<()> {
     let mut decode = args.decode.clone();
@@ -480,6 +480,8 @@ fn chat(args: ChatArgs) -> Result<()> {
     };
     let mut stdin = std::io::stdin().lock();
     let answering = stop_answers_on_ctrl_c();
+    // The last answer, when it stopped before its end (max tokens, Ctrl-C): /continue grows it.
+    let mut stopped: Option<Generation> = None;
     loop {
         let line = match editor.as_mut() {
             Some(ed) => match ed.readline(">>> ") {
@@ -503,7 +505,8 @@ fn chat(args: ChatArgs) -> Result<()> {
         if line.is_empty() {
             continue;
         }
-        if let Some(cmd) = line.strip_prefix('/') {
+        let continuing = line == "/continue";
+        if let Some(cmd) = line.strip_prefix('/').filter(|_| !continuing) {
             if let Some(text) = system_command(cmd) {
                 // Replaces the system message (or, empty, removes it: the template's default
                 // applies); the turns so far stay.
@@ -521,6 +524,7 @@ fn chat(args: ChatArgs) -> Result<()> {
                 (Some("quit" | "exit"), _) => break,
                 (Some("reset"), _) => {
                     history.retain(|m| m.role == "system");
+                    stopped = None;
                     eprintln!("(history cleared)");
                 }
                 (Some("mode"), Some("ar")) => decode.mode = Some(ModeArg::Ar),
@@ -542,26 +546,49 @@ fn chat(args: ChatArgs) -> Result<()> {
                 continue;
             }
         };
-        history.push(Message::user(line));
-        // The oldest turns go (a quarter of the context at a time, see `Engine::fit_chat`)
-        // once the conversation and an answer no longer fit the context.
-        match engine.fit_chat(&history, options.max_tokens) {
-            Ok((kept, dropped)) => {
-                if dropped > 0 {
-                    eprintln!("(the {dropped} oldest messages no longer fit the context: dropped)");
+        // The answer being continued, out of the history while it grows.
+        let earlier = if continuing {
+            match stopped.take() {
+                Some(g) if history.last().is_some_and(|m| m.role == "assistant") => {
+                    history.pop();
+                    Some(g)
                 }
-                history = kept;
+                _ => {
+                    eprintln!("(no answer stopped before its end to continue)");
+                    continue;
+                }
             }
-            Err(e) => {
-                history.pop();
-                eprintln!("error: {e}");
-                continue;
+        } else {
+            history.push(Message::user(line));
+            // The oldest turns go (a quarter of the context at a time, see
+            // `Engine::fit_chat`) once the conversation and an answer no longer fit the
+            // context.
+            match engine.fit_chat(&history, options.max_tokens) {
+                Ok((kept, dropped)) => {
+                    if dropped > 0 {
+                        eprintln!(
+                            "(the {dropped} oldest messages no longer fit the context: dropped)"
+                        );
+                    }
+                    history = kept;
+                }
+                Err(e) => {
+                    history.pop();
+                    eprintln!("error: {e}");
+                    continue;
+                }
             }
-        }
-        let request = GenerateRequest {
-            prompt: Prompt::Chat(history.clone()),
-            options,
+            stopped = None;
+            None
         };
+        let prompt = match &earlier {
+            Some(g) => Prompt::Continue {
+                chat: history.clone(),
+                answer: g.token_ids.clone(),
+            },
+            None => Prompt::Chat(history.clone()),
+        };
+        let request = GenerateRequest { prompt, options };
         let mut reading = PromptProgress::default();
         let cancel = CancelToken::new();
         *lock(&answering) = Some(cancel.clone());
@@ -575,6 +602,10 @@ fn chat(args: ChatArgs) -> Result<()> {
         *lock(&answering) = None;
         drop(reading);
         println!();
+        let result = match earlier.clone() {
+            Some(e) => result.and_then(|g| e.continued_by(g, engine.tokenizer())),
+            None => result,
+        };
         match result {
             Ok(g) => {
                 if g.stop_reason == StopReason::Cancelled {
@@ -583,10 +614,18 @@ fn chat(args: ChatArgs) -> Result<()> {
                 if args.stats {
                     eprintln!("{}", summary(&g));
                 }
-                history.push(Message::assistant(g.text));
+                history.push(Message::assistant(g.text.clone()));
+                if matches!(g.stop_reason, StopReason::Cancelled | StopReason::MaxTokens) {
+                    stopped = Some(g);
+                }
             }
             Err(e) => {
+                // The question goes, or the answer that was to grow comes back as it was.
                 history.pop();
+                if let Some(g) = earlier {
+                    history.push(Message::assistant(g.text.clone()));
+                    stopped = Some(g);
+                }
                 eprintln!("error: {e}");
             }
         }

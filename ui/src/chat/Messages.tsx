@@ -14,6 +14,8 @@ export function Messages(props: {
   onRegenerate: () => void;
   /** A question answered again with new text, replacing the messages after it. */
   onEdit: (m: StoredMessage, text: string) => void;
+  /** The last answer, from where it stopped. */
+  onContinue: () => void;
 }) {
   const end = useRef<HTMLDivElement>(null);
   // The question being edited, and its text so far.
@@ -101,6 +103,18 @@ export function Messages(props: {
                 regenerate
               </button>
             )}
+            {m === props.messages[props.messages.length - 1] &&
+              m.role === "assistant" &&
+              !props.busy &&
+              (m.stats?.stop_reason === "max_tokens" || m.stats?.stop_reason === "cancelled") && (
+                <button
+                  data-testid="continue"
+                  title="Go on from where the answer stopped (the same text one longer answer would have)"
+                  onClick={props.onContinue}
+                >
+                  continue
+                </button>
+              )}
           </div>
         </div>
       ))}
