@@ -187,8 +187,10 @@ struct Partial {
 }
 
 impl Partial {
-    /// The conversation's last message, if it is an answer whose tokens were recorded.
-    fn last_of(history: &[StoredMessage]) -> Result<Self, AppError> {
+    /// The conversation's last message, if it is an answer that stopped before its end and
+    /// whose tokens `engine`'s model made (answers saved before the model was recorded are
+    /// taken to be its own).
+    fn last_of(history: &[StoredMessage], engine: &Engine) -> Result<Self, AppError> {
         let message = history
             .last()
             .filter(|m| m.role == "assistant")
@@ -196,8 +198,23 @@ impl Partial {
         fn record<T: serde::de::DeserializeOwned>(v: &Option<serde_json::Value>) -> Option<T> {
             serde_json::from_value(v.clone()?).ok()
         }
-        let generation = record(&message.stats)
+        let generation: Generation = record(&message.stats)
             .ok_or_else(|| AppError::Invalid("this answer has no record of its tokens".into()))?;
+        if !matches!(
+            generation.stop_reason,
+            StopReason::MaxTokens | StopReason::Cancelled
+        ) {
+            return Err(AppError::Invalid(
+                "only an answer stopped by max tokens or Stop can be continued".into(),
+            ));
+        }
+        let model = message.stats.as_ref().and_then(|s| s["model"].as_str());
+        if model.is_some_and(|m| m != model_of(engine)) {
+            return Err(AppError::Invalid(format!(
+                "this answer came from another model ({}): load it to continue, or regenerate",
+                model.unwrap_or_default()
+            )));
+        }
         Ok(Self {
             message: message.clone(),
             generation,
@@ -286,7 +303,9 @@ pub fn answer(
     };
     let mut history = state.with_db(|db| db.messages(conversation_id))?;
     // The answer stays saved as it is until its continuation replaces it.
-    let partial = continuing.then(|| Partial::last_of(&history)).transpose()?;
+    let partial = continuing
+        .then(|| Partial::last_of(&history, &engine))
+        .transpose()?;
     if partial.is_some() {
         history.pop();
     }
@@ -336,6 +355,8 @@ pub fn answer(
         None => (None, (generation, trajectory)),
     };
     let mut stats = serde_json::to_value(&generation)?;
+    // Token ids mean something only to the model that made them (see `Partial::last_of`).
+    stats["model"] = model_of(&engine).into();
     if dropped > 0 {
         // Shown under the answer: the model did not see the earliest messages.
         stats["dropped_messages"] = dropped.into();
@@ -359,6 +380,11 @@ pub fn answer(
         ar_tokens_per_second: *lock(&state.ar_speed),
     });
     Ok(message)
+}
+
+/// The loaded model, as answers record it.
+fn model_of(engine: &Engine) -> String {
+    engine.info().path.display().to_string()
 }
 
 /// The conversation's system message, if it sets one (otherwise the chat template's default

@@ -305,12 +305,28 @@ fn a_continued_answer_grows_in_place_into_the_longer_answer() {
     assert!(starts.windows(2).all(|w| w[0] <= w[1]), "{starts:?}");
     assert!(*starts.last().unwrap() < 30);
 
-    // Nothing to continue: no answer yet, or a question last.
+    // Nothing to continue: no answer yet, an answer that ended otherwise, or a question last.
     let empty = conversation(&state, "empty", settings(6));
     assert!(matches!(
         answer(empty, Turn::Continue),
         Err(AppError::Invalid(_))
     ));
+    let mut ended = serde_json::to_value(&expected).unwrap();
+    ended["stop_reason"] = "context_full".into();
+    let mut foreign = serde_json::to_value(&start).unwrap();
+    foreign["model"] = "/another/model.gguf".into();
+    for stats in [ended, foreign] {
+        state
+            .with_db(|db| {
+                db.add_message(empty, "user", "count to ten", None, None)?;
+                db.add_message(empty, "assistant", &expected.text, Some(&stats), None)
+            })
+            .unwrap();
+        assert!(matches!(
+            answer(empty, Turn::Continue),
+            Err(AppError::Invalid(_))
+        ));
+    }
     state
         .with_db(|db| db.add_message(c, "user", "and back", None, None))
         .unwrap();
