@@ -55,6 +55,9 @@ pub enum Error {
     #[error("the prompt is empty")]
     EmptyPrompt,
 
+    #[error("max tokens must be at least 1")]
+    NoTokensAsked,
+
     #[error("token id {id} is not in the model's vocabulary of {vocab}")]
     InvalidToken { id: u32, vocab: usize },
 

@@ -240,6 +240,18 @@ fn bad_decode_settings() {
     );
     assert_error(
         &run(&[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "hi",
+            "--max-tokens",
+            "0",
+        ]),
+        "max tokens must be at least 1",
+    );
+    assert_error(
+        &run(&[
             "generate", "--model", m, "--prompt", "hi", "--mode", "jacobi", "--block", "0",
         ]),
         "block size 0 is invalid",

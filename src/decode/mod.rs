@@ -140,6 +140,9 @@ impl DecodeOptions {
     /// Refuses settings that make no sense for a model with this context.
     pub fn validate(&self, context: usize) -> Result<()> {
         self.sampling.validate()?;
+        if self.max_tokens == 0 {
+            return Err(Error::NoTokensAsked);
+        }
         if let Mode::Jacobi(n) | Mode::JacobiAuto(n) = self.mode {
             if n == 0 || n > context {
                 return Err(Error::InvalidBlockSize {
