@@ -6,6 +6,7 @@ fn main() {
             "list_models",
             "current_model",
             "startup_model",
+            "startup_notice",
             "load_model",
             "fetch_default_model",
             "list_conversations",

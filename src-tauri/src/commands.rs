@@ -37,6 +37,12 @@ pub fn current_model(state: State<'_, AppState>) -> Option<ModelInfo> {
 }
 
 /// The model to load at start: `FIXPOINT_MODEL`, else the default model if it is installed.
+/// What the window says when it opens, if anything (see [`crate::db::Db::open_or_recover`]).
+#[tauri::command]
+pub fn startup_notice(state: State<'_, AppState>) -> Option<String> {
+    state.notice.clone()
+}
+
 #[tauri::command]
 pub fn startup_model() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("FIXPOINT_MODEL") {

@@ -80,15 +80,66 @@ impl Db {
             std::fs::create_dir_all(dir)
                 .map_err(|e| AppError::Storage(format!("{}: {e}", dir.display())))?;
         }
-        let conn = Connection::open(path)?;
-        Self::init(conn)
+        Ok(Self::init(Connection::open(path)?)?)
+    }
+
+    /// [`Db::open`] for the app's start, which must not end in a message on a terminal nobody
+    /// sees. A file that is not a readable database is kept under a new name (with its WAL
+    /// files) and a new one started; one that cannot be opened at all (permissions, a full
+    /// disk) leaves the conversations in memory for this session. Either way the returned
+    /// notice says so, for the window to show.
+    pub fn open_or_recover(path: &Path) -> Result<(Self, Option<String>), AppError> {
+        let error = match Self::open(path) {
+            Ok(db) => return Ok((db, None)),
+            Err(e) => e,
+        };
+        let unreadable = Connection::open(path).is_ok_and(|conn| {
+            matches!(
+                Self::init(conn),
+                Err(rusqlite::Error::SqliteFailure(f, _)) if matches!(
+                    f.code,
+                    rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
+                )
+            )
+        });
+        if unreadable {
+            let kept = path.with_extension(format!("sqlite.unreadable-{}", now()));
+            let moved = std::fs::rename(path, &kept).and_then(|()| {
+                for suffix in ["-wal", "-shm"] {
+                    let side = |p: &Path| {
+                        let mut s = p.as_os_str().to_owned();
+                        s.push(suffix);
+                        std::path::PathBuf::from(s)
+                    };
+                    if side(path).exists() {
+                        std::fs::rename(side(path), side(&kept))?;
+                    }
+                }
+                Ok(())
+            });
+            if moved.is_ok() {
+                if let Ok(db) = Self::open(path) {
+                    let notice = format!(
+                        "{} could not be read ({error}); it was kept as {} and a new one started",
+                        path.display(),
+                        kept.display()
+                    );
+                    return Ok((db, Some(notice)));
+                }
+            }
+        }
+        let notice = format!(
+            "cannot open {} ({error}): conversations in this session will not be saved",
+            path.display()
+        );
+        Ok((Self::in_memory()?, Some(notice)))
     }
 
     pub fn in_memory() -> Result<Self, AppError> {
-        Self::init(Connection::open_in_memory()?)
+        Ok(Self::init(Connection::open_in_memory()?)?)
     }
 
-    fn init(conn: Connection) -> Result<Self, AppError> {
+    fn init(conn: Connection) -> rusqlite::Result<Self> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -471,6 +522,48 @@ mod tests {
         let back: ChatSettings =
             serde_json::from_str(&serde_json::to_string(&plain).unwrap()).unwrap();
         assert_eq!(back, plain);
+    }
+
+    #[test]
+    fn an_unreadable_file_is_kept_aside_and_a_new_one_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chats.sqlite");
+        std::fs::write(&path, b"not a database, but somebody's bytes").unwrap();
+        let (db, notice) = Db::open_or_recover(&path).unwrap();
+        let notice = notice.expect("a notice for the window");
+        assert!(notice.contains("could not be read"), "{notice}");
+        let kept: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains("unreadable"))
+            .collect();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert!(notice.contains(&*kept[0].to_string_lossy()), "{notice}");
+        assert_eq!(
+            std::fs::read(&kept[0]).unwrap(),
+            b"not a database, but somebody's bytes"
+        );
+        // The new file works and is the one opened next time, without a notice.
+        let c = db
+            .create_conversation("fresh", &ChatSettings::default())
+            .unwrap();
+        drop(db);
+        let (db, notice) = Db::open_or_recover(&path).unwrap();
+        assert_eq!(notice, None);
+        assert_eq!(db.conversation(c.id).unwrap().title, "fresh");
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_opened_leaves_the_conversations_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the file should be: nothing to read, nothing to move.
+        let path = dir.path().join("chats.sqlite");
+        std::fs::create_dir(&path).unwrap();
+        let (db, notice) = Db::open_or_recover(&path).unwrap();
+        assert!(notice.unwrap().contains("will not be saved"));
+        db.create_conversation("kept for now", &ChatSettings::default())
+            .unwrap();
+        assert!(path.is_dir(), "left as it was");
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub fn builder<R: tauri::Runtime>(state: AppState) -> tauri::Builder<R> {
             commands::list_models,
             commands::current_model,
             commands::startup_model,
+            commands::startup_notice,
             commands::load_model,
             commands::fetch_default_model,
             commands::list_conversations,
@@ -64,14 +65,17 @@ pub fn run() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    let db = match db::Db::open(&database_path()) {
-        Ok(db) => db,
+    let (db, notice) = match db::Db::open_or_recover(&database_path()) {
+        Ok(opened) => opened,
         Err(e) => {
             eprintln!("error: cannot open {}: {e}", database_path().display());
             std::process::exit(1);
         }
     };
-    builder::<tauri::Wry>(AppState::new(db))
+    if let Some(notice) = &notice {
+        tracing::warn!("{notice}");
+    }
+    builder::<tauri::Wry>(AppState::new(db).with_notice(notice))
         .run(tauri::generate_context!())
         .unwrap_or_else(|e| {
             eprintln!("error: {e}");

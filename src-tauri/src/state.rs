@@ -19,6 +19,8 @@ pub struct AppState {
     pub jobs: JobStore,
     /// Greedy AR tokens/s last measured on the loaded model (for the speedup readout).
     pub ar_speed: Mutex<Option<f64>>,
+    /// What the window should say when it opens (the conversations' file could not be used).
+    pub notice: Option<String>,
 }
 
 impl AppState {
@@ -35,7 +37,12 @@ impl AppState {
             db: Mutex::new(db),
             jobs,
             ar_speed: Mutex::new(None),
+            notice: None,
         }
+    }
+
+    pub fn with_notice(self, notice: Option<String>) -> Self {
+        Self { notice, ..self }
     }
 
     pub fn engine(&self) -> Result<Arc<Engine>, AppError> {

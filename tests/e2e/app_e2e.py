@@ -3,11 +3,12 @@ driven through tauri-driver + WebKitWebDriver (run by scripts/e2e.sh).
 
 Sends a prompt to a small test model, sees tokens stream and visualizer rows appear, stops the
 answer, checks that the rows equal the engine's forward passes, saves a screenshot, restarts the
-app, finds the conversation again and continues the stopped answer. Then trains the model from the training tab (pasted
-prompts, small advanced settings), checks the before/after card, finds the new model in the
+app, finds the conversation again and continues the stopped answer. Then trains the model from
+the training tab (pasted prompts, small advanced settings), checks the before/after card, finds the new model in the
 model picker, chats with it (AR, chosen before the first message) and sees it answer, then
 regenerates the answer with a system prompt and sees the prompt grow by it, then edits the
-question and sees it answered again in place, and deletes the conversation.
+question and sees it answered again in place, and deletes the conversation. Last, starts the
+app on a conversations file that is not a database and sees the window say where it was kept.
 """
 
 import os
@@ -16,6 +17,7 @@ import time
 
 from selenium import webdriver
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.common.options import ArgOptions
 from selenium.webdriver.support.ui import Select
 
@@ -92,10 +94,7 @@ def main():
         wait("the model to load", lambda: "parameters" in by(d, "model-status").text, 120)
         by(d, "new-chat").click()
         wait("a conversation", lambda: len(all_by(d, "conversation")) == 1)
-        mt = by(d, "setting-max-tokens")
-        mt.clear()
-        mt.send_keys("3000")
-        by(d, "setting-block").click()  # blur the number input so its change applies
+        set_field(d, "setting-max-tokens", "3000", blur="setting-block")
         by(d, "composer").send_keys("Tell me a very long story about a lighthouse.")
         by(d, "send").click()
 
@@ -153,12 +152,38 @@ def main():
     finally:
         d.quit()
 
+    # A conversations file that is not a database: the window says where it was kept and
+    # starts a new one.
+    db = os.path.join(os.environ["FIXPOINT_HOME"], "chats.sqlite")
+    for side in ("-wal", "-shm"):
+        if os.path.exists(db + side):
+            os.remove(db + side)
+    with open(db, "wb") as f:
+        f.write(b"this is not a database")
+    d = session()
+    try:
+        notice = wait("the notice", lambda: by(d, "notice").text, 30)
+        assert "could not be read" in notice and "unreadable" in notice, notice
+        assert titles(d) == [], titles(d)
+        kept = [n for n in os.listdir(os.environ["FIXPOINT_HOME"]) if "unreadable" in n]
+        assert kept, os.listdir(os.environ["FIXPOINT_HOME"])
+        print("unreadable conversations file kept as", kept[0])
+    finally:
+        d.quit()
 
-def set_field(d, testid, value):
+
+def set_field(d, testid, value, blur="train-summary"):
+    # clear() can lose to the page re-rendering the old value, and the typed text then lands
+    # after it ("128" + "16"): select what is there and type over it, until it reads right.
     field = by(d, testid)
-    field.clear()
-    field.send_keys(value)
-    by(d, "train-summary").click()  # blur: the field's change applies
+    for _ in range(5):
+        field.clear()
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys(value)
+        if field.get_attribute("value") == value:
+            break
+    assert field.get_attribute("value") == value, (testid, field.get_attribute("value"))
+    by(d, blur).click()  # blur: the field's change applies
 
 
 def train(d):

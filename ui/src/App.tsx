@@ -37,6 +37,8 @@ export function App() {
   const [loading, setLoading] = useState<string | null>(null);
   const [fetching, setFetching] = useState<string[] | null>(null);
   const [error, setError] = useState<string | null>(null);
+  // Said once at start (the conversations' file could not be used), kept until dismissed.
+  const [notice, setNotice] = useState<string | null>(null);
   const [conversations, setConversations] = useState<Conversation[]>([]);
   const [query, setQuery] = useState("");
   const [activeId, setActiveId] = useState<number | null>(null);
@@ -79,6 +81,7 @@ export function App() {
   useEffect(() => {
     (async () => {
       try {
+        setNotice(await api.startupNotice());
         await Promise.all([refreshModels(), refreshConversations("")]);
         setCurrent(await api.currentModel());
         const first = await api.startupModel();
@@ -310,6 +313,11 @@ export function App() {
           }
         }}
       />
+      {notice && (
+        <div class="error" data-testid="notice" title="click to dismiss" onClick={() => setNotice(null)}>
+          {notice}
+        </div>
+      )}
       {error && (
         <div class="error" data-testid="error" onClick={() => setError(null)}>
           {error}

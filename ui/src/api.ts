@@ -33,6 +33,7 @@ export const api = {
   listModels: () => invoke<ModelEntry[]>("list_models"),
   currentModel: () => invoke<ModelInfo | null>("current_model"),
   startupModel: () => invoke<string | null>("startup_model"),
+  startupNotice: () => invoke<string | null>("startup_notice"),
   loadModel: (path: string) => invoke<ModelInfo>("load_model", { path }),
   fetchDefaultModel: (on: (e: { kind: string; line?: string; path?: string }) => void) =>
     invoke<string>("fetch_default_model", { channel: channel(on) }),
