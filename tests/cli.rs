@@ -333,36 +333,13 @@ fn sampling_is_seeded() {
 
 #[test]
 fn chat_reads_turns_from_stdin() {
-    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let p = tiny_gguf(dir.path(), "tiny.gguf", |_| {});
-    let mut child = bin()
-        .args([
-            "chat",
-            "--model",
-            p.to_str().unwrap(),
-            "--max-tokens",
-            "8",
-            "--mode",
-            "jacobi",
-            "--block",
-            "4",
-            "--stats",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(
-            b"hello\n/block 0\nagain\n/block 2\n/guesses jacobi\nthird\n/guesses maybe\n/quit\n",
-        )
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_chat(
+        &p,
+        &["--max-tokens", "8", "--mode", "jacobi", "--block", "4"],
+        "hello\n/block 0\nagain\n/block 2\n/guesses jacobi\nthird\n/guesses maybe\n/quit\n",
+    );
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("block size 0 is invalid"), "{stderr}");
@@ -377,37 +354,36 @@ fn chat_reads_turns_from_stdin() {
     );
 }
 
-/// `fixpoint chat` on `model` in AR with its stats, and `flags`: stdin and stderr piped.
-fn spawn_chat(model: &Path, flags: &[&str]) -> std::process::Child {
+/// `fixpoint chat` on `model` with its stats and `flags`, stdin and stderr piped.
+fn spawn_chat(model: &Path, flags: &[&str], stdout: std::process::Stdio) -> std::process::Child {
     bin()
-        .args([
-            "chat",
-            "--model",
-            model.to_str().unwrap(),
-            "--mode",
-            "ar",
-            "--stats",
-        ])
+        .args(["chat", "--model", model.to_str().unwrap(), "--stats"])
         .args(flags)
         .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
+        .stdout(stdout)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap()
 }
 
+/// What `fixpoint chat` on `model` with `flags` prints for the lines of `input`.
+fn run_chat(model: &Path, flags: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = spawn_chat(model, flags, std::process::Stdio::piped());
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn chat_system_command_sets_and_clears_the_system_prompt() {
-    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let p = tiny_gguf(dir.path(), "tiny.gguf", |_| {});
     // The prompt sizes of the answers a chat gives to `input`.
     let prompts = |flags: &[&str], input: &str| -> Vec<usize> {
-        let mut child = spawn_chat(&p, &[&["--max-tokens", "4"], flags].concat());
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(input.as_bytes()).unwrap();
-        drop(stdin);
-        let out = child.wait_with_output().unwrap();
+        let flags = [&["--max-tokens", "4", "--mode", "ar"], flags].concat();
+        let out = run_chat(&p, &flags, input);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{stderr}");
         stderr
@@ -427,32 +403,11 @@ fn chat_system_command_sets_and_clears_the_system_prompt() {
 
 #[test]
 fn chat_continue_grows_a_stopped_answer_into_the_longer_one() {
-    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let p = tiny_gguf(dir.path(), "tiny.gguf", |_| {});
     // What a chat prints for `input`: its answers, and the lines of its stats.
     let chat = |max_tokens: &str, input: &str| {
-        let mut child = bin()
-            .args([
-                "chat",
-                "--model",
-                p.to_str().unwrap(),
-                "--max-tokens",
-                max_tokens,
-            ])
-            .args(["--block", "4", "--stats"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = run_chat(&p, &["--max-tokens", max_tokens, "--block", "4"], input);
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(out.status.success(), "{stderr}");
         let stats: Vec<String> = stderr
@@ -548,7 +503,9 @@ fn ctrl_c_in_chat_stops_the_answer_not_the_chat() {
     use std::io::{BufRead, BufReader, Write};
     let dir = tempfile::tempdir().unwrap();
     let path = slow_model(dir.path());
-    let mut child = spawn_chat(&path, &["--max-tokens", "2000"]);
+    // Its answers are not read: a pipe that fills would stall it.
+    let flags = ["--max-tokens", "2000", "--mode", "ar"];
+    let mut child = spawn_chat(&path, &flags, std::process::Stdio::null());
     let mut stdin = child.stdin.take().unwrap();
     writeln!(stdin, "{}", long_prompt()).unwrap();
     // The greeting comes once the model is loaded; the prompt then takes seconds.
