@@ -25,6 +25,8 @@ export interface Generation {
   reused_prompt_tokens?: number;
   /** Earliest messages of the conversation left out to fit the context (saved stats only). */
   dropped_messages?: number;
+  /** The model that answered: its file or folder (saved stats only; absent in older saves). */
+  model?: string;
   generated_tokens: number;
   forward_passes: number;
   tokens_per_iteration: number;

@@ -80,6 +80,7 @@ export function Messages(props: {
                 {m.stats.tokens_per_second.toFixed(1)} tokens/s · {m.stats.mode}
                 {m.stats.mode !== "ar" ? ` (block ${m.stats.block})` : ""}
                 {m.stats.stop_reason === "cancelled" ? " · stopped" : ""}
+                {m.stats.model ? ` · ${modelName(m.stats.model)}` : ""}
                 {` · prompt ${m.stats.prompt_tokens} tokens in ${m.stats.prefill_ms.toFixed(0)} ms`}
                 {m.stats.reused_prompt_tokens ? ` (${m.stats.reused_prompt_tokens} cached)` : ""}
                 {m.stats.dropped_messages
@@ -133,4 +134,9 @@ export function Messages(props: {
       <div ref={end} />
     </div>
   );
+}
+
+/** A model's file or folder name, without the path that leads to it. */
+function modelName(path: string): string {
+  return path.split(/[\\/]/).filter(Boolean).pop() ?? path;
 }
