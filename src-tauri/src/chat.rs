@@ -171,7 +171,7 @@ pub fn decode(
 pub enum Turn {
     /// A new user message, saved first.
     Ask(String),
-    /// The last user message again: its answer is replaced.
+    /// The last user message again: its answer is replaced once the new one is saved.
     Regenerate,
     /// User message `message_id` with new text: the messages after it are replaced.
     Edit { message_id: i64, content: String },
@@ -179,9 +179,8 @@ pub enum Turn {
     Continue,
 }
 
-/// An answer being continued: its message, its record, its iterations.
+/// An answer being continued: its record and its iterations.
 struct Partial {
-    message: StoredMessage,
     generation: Generation,
     trajectory: Option<Vec<IterationView>>,
 }
@@ -216,7 +215,6 @@ impl Partial {
             )));
         }
         Ok(Self {
-            message: message.clone(),
             generation,
             trajectory: record(&message.trajectory),
         })
@@ -267,6 +265,7 @@ pub fn answer(
         }
     }
     let continuing = matches!(turn, Turn::Continue);
+    let replacing_last = continuing || matches!(turn, Turn::Regenerate);
     let user_message = match turn {
         Turn::Ask(text) => {
             let saved = state.with_db(|db| {
@@ -278,10 +277,6 @@ pub fn answer(
                 Ok(m)
             })?;
             Some(saved)
-        }
-        Turn::Regenerate => {
-            state.with_db(|db| db.pop_assistant(conversation_id))?;
-            None
         }
         // The view truncates its own copy of the conversation at the edited message.
         Turn::Edit {
@@ -299,16 +294,22 @@ pub fn answer(
             })?;
             None
         }
-        Turn::Continue => None,
+        Turn::Regenerate | Turn::Continue => None,
     };
     let mut history = state.with_db(|db| db.messages(conversation_id))?;
-    // The answer stays saved as it is until its continuation replaces it.
     let partial = continuing
         .then(|| Partial::last_of(&history, &engine))
         .transpose()?;
-    if partial.is_some() {
-        history.pop();
-    }
+    // A regenerated or continued answer stays saved as it was until its replacement is, so a
+    // decode that fails loses nothing.
+    let replaced = match history.last() {
+        Some(m) if replacing_last && m.role == "assistant" => {
+            let id = m.id;
+            history.pop();
+            Some(id)
+        }
+        _ => None,
+    };
     if history.last().is_none_or(|m| m.role != "user") {
         return Err(AppError::Invalid("there is no question to answer".into()));
     }
@@ -350,9 +351,9 @@ pub fn answer(
     {
         *lock(&state.ar_speed) = Some(generation.tokens_per_second);
     }
-    let (replaced, (generation, trajectory)) = match partial {
-        Some(p) => (Some(p.message.id), p.join(generation, trajectory, &engine)?),
-        None => (None, (generation, trajectory)),
+    let (generation, trajectory) = match partial {
+        Some(p) => p.join(generation, trajectory, &engine)?,
+        None => (generation, trajectory),
     };
     let mut stats = serde_json::to_value(&generation)?;
     // Token ids mean something only to the model that made them (see `Partial::last_of`).

@@ -339,8 +339,8 @@ impl Db {
         Ok(old)
     }
 
-    /// Gives message `id` new content, statistics and trajectory (a continued answer, which
-    /// keeps its place); returns it as saved.
+    /// Gives message `id` new content, statistics and trajectory (a regenerated or continued
+    /// answer, which keeps its place); returns it as saved.
     pub fn replace_message(
         &self,
         id: i64,
@@ -373,19 +373,6 @@ impl Db {
             .into_iter()
             .find(|m| m.id == id)
             .ok_or_else(|| AppError::Invalid(format!("message {id} does not exist")))
-    }
-
-    /// Removes the last message if it is the assistant's (regenerate).
-    pub fn pop_assistant(&self, conversation_id: i64) -> Result<Option<StoredMessage>, AppError> {
-        let last = self.messages(conversation_id)?.pop();
-        match last {
-            Some(m) if m.role == "assistant" => {
-                self.conn
-                    .execute("DELETE FROM messages WHERE id = ?1", [m.id])?;
-                Ok(Some(m))
-            }
-            _ => Ok(None),
-        }
     }
 }
 
@@ -453,8 +440,6 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(db.pop_assistant(a.id).unwrap().unwrap().content, "three");
-        assert!(db.pop_assistant(a.id).unwrap().is_none());
         db.delete_conversation(a.id).unwrap();
         assert!(matches!(
             db.messages(a.id),

@@ -188,6 +188,32 @@ fn errors_come_back_typed() {
 }
 
 #[test]
+fn a_regenerate_that_fails_keeps_the_old_answer() {
+    let app = mock_app(state_with_model());
+    let state = app.state::<AppState>();
+    let c = conversation(
+        &state,
+        "long question",
+        ChatSettings {
+            max_tokens: 20,
+            ..Default::default()
+        },
+    );
+    let question = "the quick brown fox jumps over the lazy dog ".repeat(7);
+    chat::answer(&state, c, Turn::Ask(question), &mut |_| {}).unwrap();
+    let before = state.with_db(|db| db.messages(c)).unwrap();
+    // Room for 256 new tokens leaves the 512-token context too small for the question.
+    let roomy = ChatSettings {
+        max_tokens: 256,
+        ..Default::default()
+    };
+    state.with_db(|db| db.update_settings(c, &roomy)).unwrap();
+    let err = chat::answer(&state, c, Turn::Regenerate, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("tokens"), "{err}");
+    assert_eq!(state.with_db(|db| db.messages(c)).unwrap(), before);
+}
+
+#[test]
 fn editing_a_question_replaces_what_came_after_it() {
     let app = mock_app(state_with_model());
     let state = app.state::<AppState>();

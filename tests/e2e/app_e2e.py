@@ -172,17 +172,20 @@ def main():
         d.quit()
 
 
-def set_field(d, testid, value, blur="train-summary"):
+def type_over(field, value):
     # clear() can lose to the page re-rendering the old value, and the typed text then lands
     # after it ("128" + "16"): select what is there and type over it, until it reads right.
-    field = by(d, testid)
     for _ in range(5):
         field.clear()
         field.send_keys(Keys.CONTROL, "a")
         field.send_keys(value)
         if field.get_attribute("value") == value:
-            break
-    assert field.get_attribute("value") == value, (testid, field.get_attribute("value"))
+            return
+    raise AssertionError(f"typed {value!r}, the field reads {field.get_attribute('value')!r}")
+
+
+def set_field(d, testid, value, blur="train-summary"):
+    type_over(by(d, testid), value)
     by(d, blur).click()  # blur: the field's change applies
 
 
@@ -254,9 +257,7 @@ def train(d):
 
     # Editing the question answers it again in place of the old answer.
     by(d, "edit").click()
-    box = by(d, "edit-text")
-    box.clear()
-    box.send_keys("Say something else.")
+    type_over(by(d, "edit-text"), "Say something else.")
     by(d, "edit-send").click()
     wait("the edited question's answer", lambda: [m for m in all_by(d, "message-assistant")
                                                     if m.get_attribute("data-stop")]
