@@ -620,11 +620,16 @@ fn chat(args: ChatArgs) -> Result<()> {
                 }
             }
             Err(e) => {
-                // The question goes, or the answer that was to grow comes back as it was.
-                history.pop();
-                if let Some(g) = earlier {
-                    history.push(Message::assistant(g.text.clone()));
-                    stopped = Some(g);
+                match earlier {
+                    // The answer that was to grow comes back as it was.
+                    Some(g) => {
+                        history.push(Message::assistant(g.text.clone()));
+                        stopped = Some(g);
+                    }
+                    // The question goes.
+                    None => {
+                        history.pop();
+                    }
                 }
                 eprintln!("error: {e}");
             }
