@@ -75,10 +75,17 @@ proptest! {
         fast in any::<bool>(),
         context_guesses in any::<bool>(),
     ) {
+        // On our kernels, an untied head: a random model with the embedding as its head
+        // mostly predicts its last input token again, and answers of one token repeated would
+        // agree whatever position each prediction landed at. Candle's forward is not
+        // batch-invariant, so its varied answers flip at near-ties (seed 51, block 9: token 53
+        // of 61); it keeps the tied head, which checks the decoder's bookkeeping on it (lengths,
+        // stops, passes), not its arithmetic.
         let spec = TinySpec {
             seed,
             kv_heads: if gqa { 2 } else { 4 },
             layers,
+            tie_embeddings: !fast,
             ..Default::default()
         };
         let engine = tiny_engine(&spec, fast);
