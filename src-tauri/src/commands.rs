@@ -157,6 +157,21 @@ pub fn export_conversation(
     Ok(path)
 }
 
+/// An answer on a worker thread, its events sent down `channel`.
+async fn answer<R: Runtime>(
+    app: AppHandle<R>,
+    conversation_id: i64,
+    turn: Turn,
+    channel: Channel<ChatEvent>,
+) -> Result<StoredMessage, AppError> {
+    blocking(app, move |state| {
+        chat::answer(state, conversation_id, turn, &mut |e| {
+            let _ = channel.send(e);
+        })
+    })
+    .await
+}
+
 #[tauri::command]
 pub async fn send_message<R: Runtime>(
     app: AppHandle<R>,
@@ -164,12 +179,7 @@ pub async fn send_message<R: Runtime>(
     content: String,
     channel: Channel<ChatEvent>,
 ) -> Result<StoredMessage, AppError> {
-    blocking(app, move |state| {
-        chat::answer(state, conversation_id, Turn::Ask(content), &mut |e| {
-            let _ = channel.send(e);
-        })
-    })
-    .await
+    answer(app, conversation_id, Turn::Ask(content), channel).await
 }
 
 #[tauri::command]
@@ -178,12 +188,7 @@ pub async fn regenerate<R: Runtime>(
     conversation_id: i64,
     channel: Channel<ChatEvent>,
 ) -> Result<StoredMessage, AppError> {
-    blocking(app, move |state| {
-        chat::answer(state, conversation_id, Turn::Regenerate, &mut |e| {
-            let _ = channel.send(e);
-        })
-    })
-    .await
+    answer(app, conversation_id, Turn::Regenerate, channel).await
 }
 
 /// Continues the conversation's last answer from where it stopped.
@@ -193,12 +198,7 @@ pub async fn continue_answer<R: Runtime>(
     conversation_id: i64,
     channel: Channel<ChatEvent>,
 ) -> Result<StoredMessage, AppError> {
-    blocking(app, move |state| {
-        chat::answer(state, conversation_id, Turn::Continue, &mut |e| {
-            let _ = channel.send(e);
-        })
-    })
-    .await
+    answer(app, conversation_id, Turn::Continue, channel).await
 }
 
 /// Answers user message `message_id` again with the text `content`, replacing the messages
@@ -215,12 +215,7 @@ pub async fn edit_message<R: Runtime>(
         message_id,
         content,
     };
-    blocking(app, move |state| {
-        chat::answer(state, conversation_id, turn, &mut |e| {
-            let _ = channel.send(e);
-        })
-    })
-    .await
+    answer(app, conversation_id, turn, channel).await
 }
 
 /// Stops the running answer or race before its next forward pass.
