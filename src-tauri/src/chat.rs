@@ -366,7 +366,13 @@ pub fn answer(
         .then(|| serde_json::to_value(&trajectory))
         .transpose()?;
     let message = state.with_db(|db| match replaced {
-        Some(id) => db.replace_message(id, &generation.text, Some(&stats), trajectory.as_ref()),
+        Some(id) => db.replace_message(
+            conversation_id,
+            id,
+            &generation.text,
+            Some(&stats),
+            trajectory.as_ref(),
+        ),
         None => db.add_message(
             conversation_id,
             "assistant",

@@ -76,10 +76,7 @@ fn now() -> i64 {
 
 impl Db {
     pub fn open(path: &Path) -> Result<Self, AppError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| AppError::Storage(format!("{}: {e}", dir.display())))?;
-        }
+        make_parent(path)?;
         Ok(Self::init(Connection::open(path)?)?)
     }
 
@@ -89,45 +86,27 @@ impl Db {
     /// disk) leaves the conversations in memory for this session. Either way the returned
     /// notice says so, for the window to show.
     pub fn open_or_recover(path: &Path) -> Result<(Self, Option<String>), AppError> {
-        let error = match Self::open(path) {
-            Ok(db) => return Ok((db, None)),
+        let error = match make_parent(path) {
             Err(e) => e,
-        };
-        let unreadable = Connection::open(path).is_ok_and(|conn| {
-            matches!(
-                Self::init(conn),
-                Err(rusqlite::Error::SqliteFailure(f, _)) if matches!(
-                    f.code,
-                    rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
-                )
-            )
-        });
-        if unreadable {
-            let kept = path.with_extension(format!("sqlite.unreadable-{}", now()));
-            let moved = std::fs::rename(path, &kept).and_then(|()| {
-                for suffix in ["-wal", "-shm"] {
-                    let side = |p: &Path| {
-                        let mut s = p.as_os_str().to_owned();
-                        s.push(suffix);
-                        std::path::PathBuf::from(s)
-                    };
-                    if side(path).exists() {
-                        std::fs::rename(side(path), side(&kept))?;
+            Ok(()) => match Connection::open(path).and_then(Self::init) {
+                Ok(db) => return Ok((db, None)),
+                Err(e) if unreadable(&e) => {
+                    let kept = path.with_extension(format!("sqlite.unreadable-{}", now()));
+                    if move_aside(path, &kept).is_ok() {
+                        if let Ok(db) = Self::open(path) {
+                            let notice = format!(
+                                "{} could not be read ({e}); it was kept as {} and a new one started",
+                                path.display(),
+                                kept.display()
+                            );
+                            return Ok((db, Some(notice)));
+                        }
                     }
+                    e.into()
                 }
-                Ok(())
-            });
-            if moved.is_ok() {
-                if let Ok(db) = Self::open(path) {
-                    let notice = format!(
-                        "{} could not be read ({error}); it was kept as {} and a new one started",
-                        path.display(),
-                        kept.display()
-                    );
-                    return Ok((db, Some(notice)));
-                }
-            }
-        }
+                Err(e) => e.into(),
+            },
+        };
         let notice = format!(
             "cannot open {} ({error}): conversations in this session will not be saved",
             path.display()
@@ -251,13 +230,7 @@ impl Db {
     ) -> Result<StoredMessage, AppError> {
         let t = now();
         let tx = self.conn.unchecked_transaction()?;
-        let changed = tx.execute(
-            "UPDATE conversations SET updated_at = ?1 WHERE id = ?2",
-            params![t, conversation_id],
-        )?;
-        if changed == 0 {
-            return Err(AppError::NoSuchConversation(conversation_id));
-        }
+        touch_updated(&tx, conversation_id, t)?;
         tx.execute(
             "INSERT INTO messages (conversation_id, role, content, stats, trajectory, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -289,19 +262,21 @@ impl Db {
             "SELECT id, conversation_id, role, content, stats, trajectory, created_at
              FROM messages WHERE conversation_id = ?1 ORDER BY id",
         )?;
-        let rows = stmt.query_map([conversation_id], |r| {
-            let json = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
-            Ok(StoredMessage {
-                id: r.get(0)?,
-                conversation_id: r.get(1)?,
-                role: r.get(2)?,
-                content: r.get(3)?,
-                stats: json(r.get(4)?),
-                trajectory: json(r.get(5)?),
-                created_at: r.get(6)?,
-            })
-        })?;
+        let rows = stmt.query_map([conversation_id], row_to_message)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Message `id` of the conversation, if it has one by that id.
+    fn message(&self, conversation_id: i64, id: i64) -> Result<Option<StoredMessage>, AppError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, conversation_id, role, content, stats, trajectory, created_at
+                 FROM messages WHERE id = ?1 AND conversation_id = ?2",
+                params![id, conversation_id],
+                row_to_message,
+            )
+            .optional()?)
     }
 
     /// Gives user message `message_id` of the conversation the text `content` and deletes the
@@ -313,10 +288,10 @@ impl Db {
         message_id: i64,
         content: &str,
     ) -> Result<StoredMessage, AppError> {
+        self.conversation(conversation_id)?;
         let old = self
-            .messages(conversation_id)?
-            .into_iter()
-            .find(|m| m.id == message_id && m.role == "user")
+            .message(conversation_id, message_id)?
+            .filter(|m| m.role == "user")
             .ok_or_else(|| {
                 AppError::Invalid(format!(
                     "message {message_id} is not a question of conversation {conversation_id}"
@@ -331,49 +306,98 @@ impl Db {
             "UPDATE messages SET content = ?1 WHERE id = ?2",
             params![content, message_id],
         )?;
-        tx.execute(
-            "UPDATE conversations SET updated_at = ?1 WHERE id = ?2",
-            params![now(), conversation_id],
-        )?;
+        touch_updated(&tx, conversation_id, now())?;
         tx.commit()?;
         Ok(old)
     }
 
-    /// Gives message `id` new content, statistics and trajectory (a regenerated or continued
-    /// answer, which keeps its place); returns it as saved.
+    /// Gives message `id` of the conversation new content, statistics and trajectory (a
+    /// regenerated or continued answer, which keeps its place); returns it as saved.
     pub fn replace_message(
         &self,
+        conversation_id: i64,
         id: i64,
         content: &str,
         stats: Option<&serde_json::Value>,
         trajectory: Option<&serde_json::Value>,
     ) -> Result<StoredMessage, AppError> {
-        let changed = self.conn.execute(
-            "UPDATE messages SET content = ?1, stats = ?2, trajectory = ?3 WHERE id = ?4",
+        let missing = || AppError::Invalid(format!("message {id} does not exist"));
+        let tx = self.conn.unchecked_transaction()?;
+        let changed = tx.execute(
+            "UPDATE messages SET content = ?1, stats = ?2, trajectory = ?3
+             WHERE id = ?4 AND conversation_id = ?5",
             params![
                 content,
                 stats.map(|s| s.to_string()),
                 trajectory.map(|s| s.to_string()),
-                id
+                id,
+                conversation_id
             ],
         )?;
         if changed == 0 {
-            return Err(AppError::Invalid(format!("message {id} does not exist")));
+            return Err(missing());
         }
-        let conversation_id: i64 = self.conn.query_row(
-            "SELECT conversation_id FROM messages WHERE id = ?1",
-            [id],
-            |r| r.get(0),
-        )?;
-        self.conn.execute(
-            "UPDATE conversations SET updated_at = ?1 WHERE id = ?2",
-            params![now(), conversation_id],
-        )?;
-        self.messages(conversation_id)?
-            .into_iter()
-            .find(|m| m.id == id)
-            .ok_or_else(|| AppError::Invalid(format!("message {id} does not exist")))
+        touch_updated(&tx, conversation_id, now())?;
+        tx.commit()?;
+        self.message(conversation_id, id)?.ok_or_else(missing)
     }
+}
+
+/// Marks the conversation changed at `t`, as part of a message's write.
+fn touch_updated(conn: &Connection, conversation_id: i64, t: i64) -> Result<(), AppError> {
+    let sql = "UPDATE conversations SET updated_at = ?1 WHERE id = ?2";
+    if conn.execute(sql, params![t, conversation_id])? == 0 {
+        return Err(AppError::NoSuchConversation(conversation_id));
+    }
+    Ok(())
+}
+
+fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    let json = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
+    Ok(StoredMessage {
+        id: r.get(0)?,
+        conversation_id: r.get(1)?,
+        role: r.get(2)?,
+        content: r.get(3)?,
+        stats: json(r.get(4)?),
+        trajectory: json(r.get(5)?),
+        created_at: r.get(6)?,
+    })
+}
+
+fn make_parent(path: &Path) -> Result<(), AppError> {
+    match path.parent() {
+        Some(dir) => std::fs::create_dir_all(dir)
+            .map_err(|e| AppError::Storage(format!("{}: {e}", dir.display()))),
+        None => Ok(()),
+    }
+}
+
+/// Whether opening failed because the file holds something other than a sound database.
+fn unreadable(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _) if matches!(
+            f.code,
+            rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
+        )
+    )
+}
+
+/// Renames the database at `path` to `kept`, with its WAL files.
+fn move_aside(path: &Path, kept: &Path) -> std::io::Result<()> {
+    std::fs::rename(path, kept)?;
+    for suffix in ["-wal", "-shm"] {
+        let side = |p: &Path| {
+            let mut s = p.as_os_str().to_owned();
+            s.push(suffix);
+            std::path::PathBuf::from(s)
+        };
+        if side(path).exists() {
+            std::fs::rename(side(path), side(kept))?;
+        }
+    }
+    Ok(())
 }
 
 fn row_to_conversation(r: &rusqlite::Row<'_>) -> rusqlite::Result<Conversation> {
