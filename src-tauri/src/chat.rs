@@ -328,23 +328,22 @@ pub fn answer(
     // A conversation longer than the context keeps its latest messages (the saved ones stay).
     let (messages, dropped) = engine.fit_chat(&messages, options.max_tokens)?;
     let prompt = match &partial {
-        Some(p) => {
-            let prompt = Prompt::Continue {
-                chat: messages,
-                answer: p.generation.token_ids.clone(),
-            };
-            if let Err(fixpoint::Error::PromptTooLong { context, .. }) = engine.prompt_ids(&prompt)
-            {
-                return Err(AppError::Invalid(format!(
-                    "the answer fills the model's context of {context} tokens: nothing more fits"
-                )));
-            }
-            prompt
-        }
+        Some(p) => Prompt::Continue {
+            chat: messages,
+            answer: p.generation.token_ids.clone(),
+        },
         None => Prompt::Chat(messages),
     };
     let greedy_ar = options.mode == Mode::Autoregressive && options.sampling.is_greedy();
-    let (generation, trajectory) = decode(&engine, prompt, options, &job.token, emit)?;
+    let (generation, trajectory) =
+        decode(&engine, prompt, options, &job.token, emit).map_err(|e| match e {
+            AppError::Engine(fixpoint::Error::PromptTooLong { context, .. }) if continuing => {
+                AppError::Invalid(format!(
+                    "the answer fills the model's context of {context} tokens: nothing more fits"
+                ))
+            }
+            e => e,
+        })?;
     if greedy_ar
         && generation.stop_reason != StopReason::Cancelled
         && generation.generated_tokens > 1
