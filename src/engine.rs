@@ -216,7 +216,8 @@ impl Engine {
             if messages.is_empty() || messages.iter().all(|m| m.content.trim().is_empty()) {
                 return Err(Error::EmptyPrompt);
             }
-            self.tokenizer.apply_chat_template(messages)
+            self.tokenizer
+                .encode(&self.tokenizer.apply_chat_template(messages)?)
         };
         let ids = match prompt {
             Prompt::Raw(text) => {
@@ -225,7 +226,7 @@ impl Engine {
                 }
                 self.tokenizer.encode(text)?
             }
-            Prompt::Chat(messages) => self.tokenizer.encode(&chat(messages)?)?,
+            Prompt::Chat(messages) => chat(messages)?,
             Prompt::Continue {
                 chat: messages,
                 answer,
@@ -234,7 +235,7 @@ impl Engine {
                 if let Some(bad) = answer.iter().find(|&&id| id as usize >= vocab) {
                     return Err(Error::InvalidToken { id: *bad, vocab });
                 }
-                let mut ids = self.tokenizer.encode(&chat(messages)?)?;
+                let mut ids = chat(messages)?;
                 ids.extend_from_slice(answer);
                 ids
             }

@@ -105,6 +105,8 @@ impl Generation {
         // Each run's first token came from its prefill, not from a pass.
         let from_passes =
             self.generated_tokens.saturating_sub(1) + next.generated_tokens.saturating_sub(1);
+        let (tokens_per_iteration, tokens_per_second) =
+            rates(from_passes, forward_passes, decode_ms);
         Ok(Self {
             text: tokenizer.decode(&token_ids)?,
             token_ids,
@@ -113,20 +115,28 @@ impl Generation {
             reused_prompt_tokens: self.reused_prompt_tokens,
             generated_tokens,
             forward_passes,
-            tokens_per_iteration: if forward_passes > 0 {
-                from_passes as f64 / forward_passes as f64
-            } else {
-                0.0
-            },
-            tokens_per_second: if decode_ms > 0.0 {
-                from_passes as f64 / (decode_ms / 1e3)
-            } else {
-                0.0
-            },
+            tokens_per_iteration,
+            tokens_per_second,
             prefill_ms: self.prefill_ms + next.prefill_ms,
             decode_ms,
             mode: next.mode,
             block: next.block,
         })
     }
+}
+
+/// Tokens per forward pass and per second of decoding, from the tokens the passes made (an
+/// answer's first token comes from its prefill); 0 where nothing ran.
+pub(crate) fn rates(from_passes: usize, passes: usize, decode_ms: f64) -> (f64, f64) {
+    let per_pass = if passes > 0 {
+        from_passes as f64 / passes as f64
+    } else {
+        0.0
+    };
+    let per_second = if decode_ms > 0.0 {
+        from_passes as f64 / (decode_ms / 1e3)
+    } else {
+        0.0
+    };
+    (per_pass, per_second)
 }

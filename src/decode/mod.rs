@@ -236,7 +236,7 @@ pub fn generate_in(
         }
     })?;
     let prefill_ms = t.elapsed().as_secs_f64() * 1e3;
-    let mut out = Output::new(tokenizer, opts.max_tokens.max(1), &opts.stop);
+    let mut out = Output::new(tokenizer, opts.max_tokens, &opts.stop);
     let (progress, block) = match logits {
         Some(logits) => {
             on_event(DecodeEvent::Prefill {
@@ -305,16 +305,11 @@ pub fn generate_in(
     };
     out.finish(&mut on_event)?;
     let generated = out.ids.len();
-    let tokens_per_iteration = if progress.passes > 0 {
-        generated.saturating_sub(1) as f64 / progress.passes as f64
-    } else {
-        0.0
-    };
-    let tokens_per_second = if progress.decode_ms > 0.0 {
-        generated.saturating_sub(1) as f64 / (progress.decode_ms / 1e3)
-    } else {
-        0.0
-    };
+    let (tokens_per_iteration, tokens_per_second) = events::rates(
+        generated.saturating_sub(1),
+        progress.passes,
+        progress.decode_ms,
+    );
     Ok(Generation {
         text: out.text(),
         token_ids: out.ids.clone(),
