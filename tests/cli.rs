@@ -225,82 +225,39 @@ fn bad_decode_settings() {
     let dir = tempfile::tempdir().unwrap();
     let p = tiny_gguf(dir.path(), "tiny.gguf", |_| {});
     let m = p.to_str().unwrap();
-    assert_error(
-        &run(&["generate", "--model", m, "--prompt", ""]),
-        "prompt is empty",
-    );
-    assert_error(
-        &run(&["generate", "--model", m, "--prompt", "   "]),
-        "prompt is empty",
-    );
     let long = "word ".repeat(400);
-    assert_error(
-        &run(&["generate", "--model", m, "--prompt", &long]),
-        "context holds 512",
-    );
-    assert_error(
-        &run(&[
-            "generate",
-            "--model",
-            m,
-            "--prompt",
+    // The prompt, then further flags, and the error's words.
+    let cases: [(&str, &[&str], &str); 9] = [
+        ("", &[], "prompt is empty"),
+        ("   ", &[], "prompt is empty"),
+        (&long, &[], "context holds 512"),
+        (
             "hi",
-            "--max-tokens",
-            "0",
-        ]),
-        "max tokens must be at least 1",
-    );
-    assert_error(
-        &run(&[
-            "generate", "--model", m, "--prompt", "hi", "--mode", "jacobi", "--block", "0",
-        ]),
-        "block size 0 is invalid",
-    );
-    assert_error(
-        &run(&[
-            "generate", "--model", m, "--prompt", "hi", "--mode", "jacobi", "--block", "4096",
-        ]),
-        "block size 4096 is invalid",
-    );
-    assert_error(
-        &run(&[
-            "generate",
-            "--model",
-            m,
-            "--prompt",
+            &["--max-tokens", "0"],
+            "max tokens must be at least 1",
+        ),
+        (
             "hi",
-            "--mode",
-            "jacobi",
-            "--temperature",
-            "0.7",
-        ]),
-        "only available with --mode ar",
-    );
-    assert_error(
-        &run(&[
-            "generate",
-            "--model",
-            m,
-            "--prompt",
+            &["--mode", "jacobi", "--block", "0"],
+            "block size 0 is invalid",
+        ),
+        (
             "hi",
-            "--temperature=-1",
-        ]),
-        "temperature must be >= 0",
-    );
-    assert_error(
-        &run(&[
-            "generate",
-            "--model",
-            m,
-            "--prompt",
+            &["--mode", "jacobi", "--block", "4096"],
+            "block size 4096 is invalid",
+        ),
+        (
             "hi",
-            "--temperature",
-            "0.7",
-            "--top-p",
-            "1.5",
-        ]),
-        "top-p",
-    );
+            &["--mode", "jacobi", "--temperature", "0.7"],
+            "only available with --mode ar",
+        ),
+        ("hi", &["--temperature=-1"], "temperature must be >= 0"),
+        ("hi", &["--temperature", "0.7", "--top-p", "1.5"], "top-p"),
+    ];
+    for (prompt, flags, expected) in cases {
+        let args = [&["generate", "--model", m, "--prompt", prompt], flags].concat();
+        assert_error(&run(&args), expected);
+    }
 }
 
 #[test]
